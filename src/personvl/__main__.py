@@ -1,0 +1,5 @@
+import sys
+
+from personvl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""Typed configurations: YAML recipes, dotted command-line overrides, resolved copies on disk.
+
+A config is a (possibly nested) dataclass. ``load_config`` reads a YAML file, applies overrides
+such as ``optim.lr=1e-4`` and builds the dataclass, refusing any key the dataclass does not
+declare so that a typo never silently falls back to a default. ``save_config`` writes the
+resolved values next to a run's outputs so the run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TypeVar
+
+import yaml
+
+from personvl.errors import UsageError
+
+ConfigT = TypeVar("ConfigT")
+
+RESOLVED_CONFIG_NAME = "config.yaml"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.sub=value`` into the dotted key and a YAML-parsed value."""
+    key, sep, raw_value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(f"override {text!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UsageError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``values`` with each dotted ``KEY=VALUE`` override set."""
+    result = _deep_copy(values)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UsageError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def build_config(cls: type[ConfigT], values: Mapping[str, Any] | None, *, path: str = "") -> ConfigT:
+    """Build dataclass ``cls`` from a mapping, checking every key and converting types."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise UsageError(
+            f"unknown config key '{where}{unknown[0]}' (known keys here: {', '.join(sorted(fields))})"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        dotted = f"{path}.{name}" if path else name
+        kwargs[name] = _coerce(value, hints[name], dotted)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"config {path or cls.__name__}: {exc}") from None
+
+
+def load_config(
+    cls: type[ConfigT], path: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+) -> ConfigT:
+    """Read a YAML recipe (or start from defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = read_yaml_mapping(path)
+    return build_config(cls, apply_overrides(values, overrides))
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a YAML file whose top level must be a mapping; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of config keys at the top level")
+    return values
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (tuples become lists, paths strings)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def save_config(config: Any, out_dir: str | os.PathLike, name: str = RESOLVED_CONFIG_NAME) -> Path:
+    """Write the resolved config as YAML into ``out_dir`` atomically; returns the file path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / name
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _coerce(value: Any, hint: Any, dotted: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for option in non_none:
+            try:
+                return _coerce(value, option, dotted)
+            except UsageError as exc:
+                errors.append(str(exc))
+        raise UsageError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise UsageError(f"config key '{dotted}': expected a section (mapping), got {value!r}")
+        return build_config(hint, value, path=dotted)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"config key '{dotted}': expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise UsageError(f"config key '{dotted}': expected {len(args)} values, got {len(value)}")
+            items = [_coerce(v, a, f"{dotted}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_hint = args[0] if args else Any
+            items = [_coerce(v, item_hint, f"{dotted}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UsageError(f"config key '{dotted}': expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"config key '{dotted}': expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"config key '{dotted}': expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; it is a number to anyone typing it.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UsageError(f"config key '{dotted}': expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise UsageError(f"config key '{dotted}': expected a string, got {value!r}")
+    return value
+
+
+def _deep_copy(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in values.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value

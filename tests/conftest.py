@@ -1,0 +1,14 @@
+import pytest
+
+from personvl.data.synth import generate_world
+
+SMALL_WORLD = dict(identities=24, images_per_identity=4, cameras=4, seed=3,
+                   scene_identities=6, scene_width=320, scene_height=180)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A small world generated once per test process: (directory, world.json content)."""
+    out = tmp_path_factory.mktemp("world") / "w"
+    world = generate_world(out, workers=2, progress=False, preview=True, **SMALL_WORLD)
+    return out, world

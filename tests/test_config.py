@@ -1,0 +1,79 @@
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from personvl.config import apply_overrides, build_config, load_config, parse_override, save_config
+from personvl.errors import UsageError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class Recipe:
+    name: str = "plip"
+    epochs: int = 10
+    freeze: bool = False
+    layers: list[int] = field(default_factory=list)
+    checkpoint: str | None = None
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_dotted_overrides_reach_nested_sections(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\noptim:\n  lr: 0.01\n")
+    config = load_config(Recipe, path, ["optim.lr=1e-4", "epochs=3", "layers=[8, 9]", "freeze=true"])
+    assert config.optim.lr == pytest.approx(1e-4)
+    assert config.optim.betas == (0.9, 0.999)
+    assert (config.name, config.epochs, config.layers, config.freeze) == ("x", 3, [8, 9], True)
+
+
+def test_unknown_key_names_the_full_dotted_key(tmp_path):
+    with pytest.raises(UsageError, match=r"unknown config key 'optim\.lrr'"):
+        load_config(Recipe, None, ["optim.lrr=1"])
+    with pytest.raises(UsageError, match=r"unknown config key 'epoch'"):
+        build_config(Recipe, {"epoch": 3})
+
+
+def test_wrong_types_are_refused_with_the_key():
+    with pytest.raises(UsageError, match=r"'epochs': expected an integer, got 'ten'"):
+        load_config(Recipe, None, ["epochs=ten"])
+    with pytest.raises(UsageError, match=r"'optim.betas': expected 2 values, got 3"):
+        load_config(Recipe, None, ["optim.betas=[1, 2, 3]"])
+    with pytest.raises(UsageError, match="expected true or false"):
+        load_config(Recipe, None, ["freeze=1"])
+
+
+def test_int_is_accepted_for_a_float_and_null_for_optional():
+    config = load_config(Recipe, None, ["optim.lr=1", "checkpoint=null"])
+    assert isinstance(config.optim.lr, float) and config.checkpoint is None
+
+
+def test_malformed_override_and_yaml_errors_say_where(tmp_path):
+    with pytest.raises(UsageError, match="expected KEY=VALUE"):
+        parse_override("optim.lr")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\noptim: [unclosed\n")
+    with pytest.raises(UsageError, match=r"bad\.yaml, line \d+: invalid YAML"):
+        load_config(Recipe, bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(UsageError, match="expected a mapping"):
+        load_config(Recipe, scalar)
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(UsageError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(Recipe, None, ["optim.lr=0.5", "layers=[1]"])
+    path = save_config(config, tmp_path / "run")
+    assert path.name == "config.yaml"
+    assert yaml.safe_load(path.read_text())["optim"] == {"lr": 0.5, "betas": [0.9, 0.999]}
+    assert load_config(Recipe, path) == config
