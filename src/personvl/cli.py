@@ -102,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may follow options (``synth OUT --preview a=1``), which a plain
+    # ``parse_args`` refuses once the positional list is consumed: collect them here.
+    args, leftover = parser.parse_known_args(argv)
+    stray = [token for token in leftover if token.startswith("-") or "=" not in token]
+    if stray or (leftover and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or leftover)}")
+    if leftover:
+        args.overrides = list(args.overrides) + leftover
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
