@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from personvl.data.synth import vocabulary as vocab
+from personvl.data.synth.parallel import run_parallel
 from personvl.evaluation.ranking import ranking_metrics
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def colour_histogram(path: Path, stripes: int = 4, bins: int = 4) -> np.ndarray:
     return hist / np.linalg.norm(hist)
 
 
-def calibrate(out: Path, plan: "WorldPlan") -> dict[str, Any]:
+def calibrate(out: Path, plan: "WorldPlan", workers: int = 1) -> dict[str, Any]:
     test = [r for r in plan.records if r["split"] == "test"]
     gallery_pids = np.array([r["pid"] for r in test])
     caption_pids = np.array([r["pid"] for r in test for _ in r["captions"]])
@@ -62,7 +63,8 @@ def calibrate(out: Path, plan: "WorldPlan") -> dict[str, Any]:
     oracle = ranking_metrics(oracle_similarity(mentions, [r["visible"] for r in test]), caption_pids, gallery_pids)
 
     # Re-ID: the first image of each test identity queries the others (Market-1501 protocol).
-    features = np.stack([colour_histogram(out / r["image"]) for r in test])
+    features = np.stack(run_parallel(colour_histogram, [out / r["image"] for r in test], workers,
+                                     "calibration", progress=False))
     camids = np.array([r["camid"] for r in test])
     is_query = np.array([r["image"].endswith("_00.jpg") for r in test])
     reid = ranking_metrics(features[is_query] @ features[~is_query].T, gallery_pids[is_query],

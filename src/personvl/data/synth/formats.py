@@ -20,6 +20,7 @@ import scipy.io
 from PIL import Image
 
 from personvl.data.synth import vocabulary as vocab
+from personvl.data.synth.parallel import run_parallel
 
 if TYPE_CHECKING:
     from personvl.data.synth.scenes import SceneSpec
@@ -148,12 +149,23 @@ def write_pa100k(out: Path, plan: "WorldPlan") -> str:
     return "pa100k"
 
 
-def write_lip(out: Path, plan: "WorldPlan") -> str:
+_LIP_TABLE = np.arange(256, dtype=np.uint8)
+_LIP_TABLE[vocab.LIP_NUM_CLASSES:] = 0  # carried objects are background in LIP
+
+
+def _write_lip_mask(task: tuple[str, str]) -> None:
+    source, target = task
+    mask = _LIP_TABLE[np.asarray(Image.open(source))]
+    buffer = io.BytesIO()
+    Image.fromarray(mask, "L").save(buffer, format="PNG", compress_level=1)
+    write_bytes(Path(target), buffer.getvalue())
+
+
+def write_lip(out: Path, plan: "WorldPlan", workers: int = 1, progress: bool = False) -> str:
     """LIP layout. World train -> LIP train, world test -> LIP val (the split LIP results are
     reported on), world val -> LIP test (images only, like LIP's unannotated test set)."""
     root = out / "lip"
-    lut = np.arange(256, dtype=np.uint8)
-    lut[vocab.LIP_NUM_CLASSES:] = 0  # carried objects are background in LIP
+    mask_tasks = []
     ids: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     lip_split = {"train": "train", "test": "val", "val": "test"}
     for r in plan.records:
@@ -166,10 +178,8 @@ def write_lip(out: Path, plan: "WorldPlan") -> str:
         link_or_copy(out / r["image"], root / "TrainVal_images" / f"{split}_images" / f"{name}.jpg")
         target = root / "TrainVal_parsing_annotations" / f"{split}_segmentations" / f"{name}.png"
         if not target.exists():
-            mask = lut[np.asarray(Image.open(out / r["mask"]))]
-            buffer = io.BytesIO()
-            Image.fromarray(mask, "L").save(buffer, format="PNG")
-            write_bytes(target, buffer.getvalue())
+            mask_tasks.append((str(out / r["mask"]), str(target)))
+    run_parallel(_write_lip_mask, mask_tasks, workers, "LIP masks", progress)
     for split, folder in (("train", "TrainVal_images"), ("val", "TrainVal_images"), ("test", "Testing_images")):
         write_bytes(root / folder / f"{split}_id.txt", "".join(f"{i}\n" for i in ids[split]).encode())
     return "lip"
@@ -207,11 +217,12 @@ def write_prw(out: Path, plan: "WorldPlan", scenes: list[tuple["SceneSpec", list
     return "prw"
 
 
-def write_all_formats(out: Path, plan: "WorldPlan", scenes) -> dict[str, str]:
+def write_all_formats(out: Path, plan: "WorldPlan", scenes, workers: int = 1, progress: bool = False) -> dict[str, str]:
     """Write every dataset layout; returns dataset name -> folder relative to ``out``."""
     written = {}
     for name, writer in (("cuhk-pedes", write_cuhk_pedes), ("synth-pedes", write_synth_pedes),
-                         ("market1501", write_market1501), ("pa100k", write_pa100k), ("lip", write_lip)):
+                         ("market1501", write_market1501), ("pa100k", write_pa100k)):
         written[name] = writer(out, plan)
+    written["lip"] = write_lip(out, plan, workers, progress)
     written["prw"] = write_prw(out, plan, scenes)
     return written

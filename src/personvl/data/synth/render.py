@@ -396,21 +396,35 @@ def background_texture(seed: int, width: int, height: int) -> np.ndarray:
 
 def apply_camera(image: Image.Image, style: CameraStyle, light: float, downscale: float,
                  noise_seed: int) -> Image.Image:
-    """Camera look: resolution, blur, colour cast and tone, illumination, sensor noise."""
+    """Camera look: resolution, blur, colour cast and tone, illumination, sensor noise.
+
+    Runs on 8-bit images in Pillow's C paths (a colour-matrix convert and a lookup table), which
+    keeps generation at hundreds of crops per second per core.
+    """
     width, height = image.size
     if downscale > 1.01:
         small = (max(8, int(width / downscale)), max(8, int(height / downscale)))
         image = image.resize(small, Image.BILINEAR).resize((width, height), Image.BILINEAR)
     if style.blur > 0.05:
-        image = image.filter(ImageFilter.GaussianBlur(style.blur))
-    pixels = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
-    matrix = np.asarray(style.colour_matrix, dtype=np.float32)
-    pixels = pixels @ matrix.T + np.asarray(style.offset, dtype=np.float32)
-    np.clip(pixels, 0.0, 1.0, out=pixels)
-    pixels = np.power(pixels, style.gamma) * light
-    rng = np.random.default_rng(noise_seed)
-    pixels = pixels * 255.0 + rng.normal(0.0, style.noise, size=pixels.shape).astype(np.float32)
+        image = image.filter(ImageFilter.BoxBlur(style.blur))
+    matrix = [v for row, offset in zip(style.colour_matrix, style.offset) for v in (*row, offset * 255.0)]
+    image = image.convert("RGB", tuple(matrix))
+    image = image.point(_tone_table(style.gamma, round(light, 3)))
+    pixels = np.asarray(image, dtype=np.int16)
+    if style.noise > 0:
+        # Triangular noise from two uniform integer draws: close to Gaussian, and far cheaper.
+        rng = np.random.default_rng(noise_seed)
+        half = max(1, int(round(style.noise * 1.22)))
+        noise = rng.integers(-half, half + 1, size=pixels.shape, dtype=np.int16)
+        noise += rng.integers(-half, half + 1, size=pixels.shape, dtype=np.int16)
+        pixels = pixels + noise
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+@lru_cache(maxsize=4096)
+def _tone_table(gamma: float, light: float) -> list[int]:
+    levels = np.clip(255.0 * np.power(np.arange(256) / 255.0, gamma) * light, 0, 255).round().astype(int)
+    return levels.tolist() * 3
 
 
 def render_shot(spec: ShotSpec, style: CameraStyle, size: tuple[int, int]) -> tuple[Image.Image, Image.Image]:

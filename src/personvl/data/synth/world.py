@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from personvl.config import build_config, config_to_dict, read_yaml_mapping, save_config
 from personvl.data.synth import appearance as appearance_sampling
@@ -20,6 +18,7 @@ from personvl.data.synth import captions as caption_grammar
 from personvl.data.synth import vocabulary as vocab
 from personvl.data.synth.render import CameraStyle, ShotSpec, camera_style, render_shot
 from personvl.data.synth.scenes import ScenePerson, SceneSpec, layout_people, render_scene, scene_boxes
+from personvl.data.synth.parallel import default_workers, run_parallel
 from personvl.data.synth.shots import hidden_parts, identity_cameras, sample_shot
 from personvl.errors import PersonvlError, UsageError
 
@@ -198,31 +197,13 @@ def _render_crop(task: tuple[ShotSpec, CameraStyle, tuple[int, int], str, str | 
     spec, style, size, image_path, mask_path, quality = task
     image, mask = render_shot(spec, style, size)
     if mask_path is not None:
-        _atomic_save(mask, Path(mask_path), optimize=False)
+        _atomic_save(mask, Path(mask_path), compress_level=1)
     _atomic_save(image, Path(image_path), quality=quality)
 
 
 def _render_frame(task: tuple[SceneSpec, CameraStyle, tuple[int, int], str, int]) -> None:
     spec, style, frame, path, quality = task
     _atomic_save(render_scene(spec, style, frame), Path(path), quality=quality)
-
-
-def _run_parallel(function: Callable, tasks: list, workers: int, description: str, progress: bool) -> None:
-    bar = tqdm(total=len(tasks), desc=description, unit="img", disable=not progress, file=sys.stderr)
-    if workers <= 1 or len(tasks) < 8:
-        for task in tasks:
-            function(task)
-            bar.update()
-    else:
-        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with context.Pool(workers) as pool:
-            for _ in pool.imap_unordered(function, tasks, chunksize=16):
-                bar.update()
-    bar.close()
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -284,18 +265,18 @@ def generate_world(
         (spec, plan.styles[spec.camera], resolved.image_size, str(out / name), None, resolved.jpeg_quality)
         for name, spec in plan.junk if not (out / name).exists()
     ]
-    _run_parallel(_render_crop, crop_tasks, workers, "person crops", progress)
+    run_parallel(_render_crop, crop_tasks, workers, "person crops", progress)
     frame = (resolved.scene_width, resolved.scene_height)
     frame_tasks = [
         (scene, plan.styles[scene.camera], frame, str(out / "scenes" / f"{scene.name}.jpg"), resolved.jpeg_quality)
         for scene in plan.scenes if not (out / "scenes" / f"{scene.name}.jpg").exists()
     ]
-    _run_parallel(_render_frame, frame_tasks, workers, "scene frames", progress)
+    run_parallel(_render_frame, frame_tasks, workers, "scene frames", progress)
 
     _write_jsonl(out / RECORDS_FILE, plan.records)
     scene_annotations = [(scene, scene_boxes(scene)) for scene in plan.scenes]
-    dataset_dirs = write_all_formats(out, plan, scene_annotations)
-    calibration = calibrate(out, plan)
+    dataset_dirs = write_all_formats(out, plan, scene_annotations, workers, progress)
+    calibration = calibrate(out, plan, workers)
     world = {
         "format_version": 1,
         "config": config_to_dict(resolved),
