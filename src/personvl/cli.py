@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable, Sequence
 
@@ -17,57 +18,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
 
 
-def _integer(text: str) -> int:
-    # Only the type is checked here; the world's own validation gives the range and reason.
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    return value
-
-
-def _add_world_arguments(parser: argparse.ArgumentParser, identities_default: int | None) -> None:
-    parser.add_argument("--identities", type=_integer, default=identities_default, metavar="N",
-                        help=f"number of identities (default {identities_default or 2000})")
-    parser.add_argument("--images-per-identity", type=_integer, default=None, metavar="K",
-                        help="images of each identity (default 4)")
-    parser.add_argument("--cameras", type=_integer, default=None, metavar="C",
-                        help="cameras, 2..9 (default 6)")
-    parser.add_argument("--seed", type=_integer, default=None, metavar="S", help="random seed (default 0)")
-    parser.add_argument("--config", default=None, metavar="YAML",
-                        help="world recipe, e.g. configs/synth/default.yaml (arguments override it)")
-    parser.add_argument("--workers", type=_integer, default=None, metavar="W",
-                        help="rendering processes (default: one per core, at most 8)")
-    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
-    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="any other world knob, e.g. mention_rate=0.4 caption_error_rate=0.1")
-
-
-def _world_knobs(args: argparse.Namespace) -> dict:
-    from personvl.config import parse_override
-
-    return dict(parse_override(text) for text in args.overrides)
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from personvl.data.synth import generate_world
-    from personvl.reporting import format_world_summary
-
-    world = generate_world(
-        args.out, args.identities, args.images_per_identity, args.cameras, args.seed,
-        config=args.config, workers=args.workers, progress=not args.no_progress, preview=args.preview,
-        **_world_knobs(args))
-    print(format_world_summary(args.out, world))
-    return 0
-
-
-def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from personvl.quickstart import quickstart
-
-    quickstart(args.out, identities=args.identities, images_per_identity=args.images_per_identity,
-               cameras=args.cameras, seed=args.seed, config=args.config, workers=args.workers,
-               progress=not args.no_progress, knobs=_world_knobs(args))
-    return 0
+# Each module registers its subcommands; the handlers import the library lazily so that
+# ``personvl --help`` stays fast.
+COMMAND_MODULES = (
+    "personvl.commands.world",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,25 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"personvl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    quick = commands.add_parser(
-        "quickstart", help="generate a small synthetic world, show its statistics and a contact sheet",
-        description="The main job on built-in data: generate a synthetic person world, print its "
-                    "statistics and calibration figures, and write a contact sheet PNG.")
-    quick.add_argument("--out", default="personvl-quickstart", metavar="DIR",
-                       help="output directory (default: %(default)s)")
-    _add_world_arguments(quick, identities_default=400)
-    quick.set_defaults(handler=_cmd_quickstart)
-
-    synth = commands.add_parser(
-        "synth", help="generate the synthetic person world in the real datasets' formats",
-        description="Generate synthetic person images with identities, cameras, captions, "
-                    "attributes, part masks and scenes, written as cuhk-pedes, synth-pedes, "
-                    "market1501, pa100k, lip and prw datasets plus world.json. Re-running with the "
-                    "same arguments completes an interrupted run.")
-    synth.add_argument("out", metavar="OUT", help="output directory (new, or an unfinished world)")
-    synth.add_argument("--preview", action="store_true", help="also write contact_sheet.png")
-    _add_world_arguments(synth, identities_default=None)
-    synth.set_defaults(handler=_cmd_synth)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Subcommands of the ``personvl`` command line, one module per area."""
