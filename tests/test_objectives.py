@@ -1,0 +1,166 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from personvl.objectives import (
+    FeatureQueue, attribute_bce_loss, batch_hard_triplet_loss, cmpm_loss, colorization_loss, id_loss, infonce_loss,
+    masked_token_loss, masking_ratio_schedule, momentum_contrast_loss, momentum_update, positive_ratio_weights,
+    sdm_loss, select_attribute_words, to_grayscale, whole_word_mask,
+)
+from personvl.objectives.masking import IGNORE_INDEX
+
+EPS = 1e-8
+
+
+def _kl_row(logits, target):
+    """KL(softmax(logits) || target) for one row, written out term by term."""
+    z = sum(math.exp(v) for v in logits)
+    p = [math.exp(v) / z for v in logits]
+    return sum(pi * (math.log(pi) - math.log(ti + EPS)) for pi, ti in zip(p, target))
+
+
+def test_cmpm_projects_onto_the_normalised_other_side_without_temperature():
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    pids = torch.tensor([5, 9])
+    # image->text: v . t/|t| = identity; text->image: t . v/|v| = 2 * identity
+    expected = _kl_row([1, 0], [1, 0]) + _kl_row([2, 0], [1, 0])
+    assert cmpm_loss(images, texts, pids).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cmpm_spreads_the_target_over_same_identity_pairs():
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # same identity: the target is (1/2, 1/2) and the prediction too -> zero loss
+    assert cmpm_loss(images, texts, torch.tensor([3, 3])).item() == pytest.approx(0.0, abs=1e-6)
+    # different identities with identical embeddings: prediction (1/2, 1/2) vs target (1, 0)
+    assert cmpm_loss(images, texts, torch.tensor([3, 4])).item() == pytest.approx(2 * _kl_row([1, 1], [1, 0]), rel=1e-5)
+
+
+def test_infonce_hand_values_and_identity_variant():
+    images = torch.tensor([[3.0, 0.0], [0.0, 0.5]])   # normalised inside
+    texts = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert infonce_loss(images, texts, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    scale = torch.tensor(10.0, requires_grad=True)
+    loss = infonce_loss(images, texts, scale)
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-10)), rel=1e-3)  # float32 near zero
+    assert scale.grad is not None and scale.grad.item() < 0   # a larger scale lowers this loss
+    same = infonce_loss(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]), 1.0,
+                        pids=torch.tensor([1, 1]))
+    assert same.item() == pytest.approx(math.log(2), rel=1e-6)  # target (1/2, 1/2), prediction (1/2, 1/2)
+
+
+def test_sdm_is_kl_of_scaled_cosine_softmax_both_ways():
+    images = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    texts = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    pids = torch.tensor([0, 1])
+    cos = [[1.0, 0.0], [0.6, 0.8]]
+    scale = 5.0
+    i2t = sum(_kl_row([scale * c for c in row], t) for row, t in zip(cos, [[1, 0], [0, 1]])) / 2
+    t2i_rows = [[cos[0][0], cos[1][0]], [cos[0][1], cos[1][1]]]
+    t2i = sum(_kl_row([scale * c for c in row], t) for row, t in zip(t2i_rows, [[1, 0], [0, 1]])) / 2
+    assert sdm_loss(images, texts, pids, logit_scale=scale).item() == pytest.approx(i2t + t2i, rel=1e-5)
+
+
+def test_batch_hard_triplet_on_a_line():
+    points = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    pids = torch.tensor([0, 0, 1, 1])
+    # only anchor 3.0 violates: hardest positive 4 (to 7), hardest negative 2 (to 1) -> 4 - 2 + 0.5
+    assert batch_hard_triplet_loss(points, pids, margin=0.5).item() == pytest.approx(2.5 / 4, rel=1e-5)
+    lonely = batch_hard_triplet_loss(points[:2], torch.tensor([0, 1]))
+    assert lonely.item() == 0.0
+
+
+def test_id_loss_with_label_smoothing():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    assert id_loss(logits, torch.tensor([2]), label_smoothing=0.1).item() == pytest.approx(math.log(4), rel=1e-6)
+    logits = torch.tensor([[2.0, 0.0]])
+    log_p = [2 - math.log(math.exp(2) + 1), -math.log(math.exp(2) + 1)]
+    expected = -(0.95 * log_p[0] + 0.05 * log_p[1])
+    assert id_loss(logits, torch.tensor([0]), label_smoothing=0.1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_attribute_bce_weights_rare_positives_more():
+    labels = torch.tensor([[1.0, 0.0]])
+    weights = positive_ratio_weights(labels, torch.tensor([0.25, 0.5]))
+    assert weights[0].tolist() == pytest.approx([math.exp(0.75), math.exp(0.5)])
+    logits = torch.tensor([[0.0, 0.0]])
+    plain = attribute_bce_loss(logits, labels)
+    assert plain.item() == pytest.approx(math.log(2), rel=1e-6)
+    weighted = attribute_bce_loss(logits, labels, torch.tensor([0.25, 0.5]))
+    assert weighted.item() == pytest.approx(math.log(2) * (math.exp(0.75) + math.exp(0.5)) / 2, rel=1e-6)
+
+
+def test_colorization_grayscale_and_loss():
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 1.0
+    gray = to_grayscale(red)
+    assert torch.allclose(gray, torch.full_like(gray, 0.299))
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+    normalised = (red - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert torch.allclose(to_grayscale(normalised, mean, std), (gray - 0.5) / 0.25, atol=1e-6)
+    target = torch.zeros(1, 3, 4, 4)
+    predicted = torch.ones(1, 3, 2, 2)    # upsampled to the target size first
+    assert colorization_loss(predicted, target).item() == pytest.approx(1.0)
+
+
+def test_masking_ratio_follows_a_square_root_curriculum():
+    assert masking_ratio_schedule(0.0) == pytest.approx(0.2)
+    assert masking_ratio_schedule(0.25) == pytest.approx(0.5)
+    assert masking_ratio_schedule(1.0) == pytest.approx(0.8)
+    assert masking_ratio_schedule(7.0) == pytest.approx(0.8)
+
+
+def test_whole_word_masking_masks_every_piece_of_a_chosen_word():
+    ids = torch.tensor([[101, 7, 8, 9, 102, 0]])
+    word_ids = [[None, 0, 0, 1, None, None]]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        masked, labels = whole_word_mask(ids, word_ids, 0.5, mask_token_id=103, generator=generator)
+        positions = (labels != IGNORE_INDEX).nonzero()[:, 1].tolist()
+        assert positions in ([1, 2], [3])
+        assert masked[0, positions].tolist() == [103] * len(positions)
+        assert labels[0, positions].tolist() == ids[0, positions].tolist()
+        assert masked[0, [0, 4, 5]].tolist() == [101, 102, 0]
+    only_attribute, labels = whole_word_mask(ids, word_ids, 0.1, 103, candidate_words=[[1]])
+    assert (labels != IGNORE_INDEX).nonzero()[:, 1].tolist() == [3]
+
+
+def test_attribute_words_from_phrases_or_matcher():
+    words = "A woman in a red coat and black jeans.".split()
+    assert select_attribute_words(words) == [4, 5, 7, 8]
+    assert select_attribute_words(words, phrases=["red coat"]) == [4, 5]
+
+
+def test_masked_token_loss_ignores_unmasked_positions():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 1, 2] = 5.0
+    labels = torch.tensor([[IGNORE_INDEX, 2, IGNORE_INDEX]])
+    expected = -(5.0 - math.log(math.exp(5.0) + 3))
+    assert masked_token_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert masked_token_loss(logits, torch.full((1, 3), IGNORE_INDEX)).item() == 0.0
+
+
+def test_momentum_update_and_queue():
+    online, key = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+        key.weight.fill_(0.0)
+    momentum_update(online, key, momentum=0.9)
+    assert key.weight.item() == pytest.approx(0.1)
+    queue = FeatureQueue(size=3, dim=2)
+    queue.push(torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
+    queue.push(torch.tensor([[1.0, 1.0], [0.0, -1.0]]))     # wraps around
+    assert queue.keys[0].tolist() == pytest.approx([0.0, -1.0])
+    assert queue.keys[2].tolist() == pytest.approx([2 ** -0.5, 2 ** -0.5])
+    assert int(queue.pointer) == 1
+
+
+def test_momentum_contrast_loss_hand_value():
+    q = torch.tensor([[1.0, 0.0]])
+    k = torch.tensor([[1.0, 0.0]])
+    queue = torch.tensor([[0.0, 1.0]])
+    assert momentum_contrast_loss(q, k, queue, temperature=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
