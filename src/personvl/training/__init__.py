@@ -1,0 +1,1 @@
+"""The training engine: Lightning glue shared by pre-training and downstream recipes."""

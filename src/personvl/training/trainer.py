@@ -1,0 +1,76 @@
+"""Building the Lightning Trainer of a run from its config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from personvl.training.checkpointing import AtomicCheckpointIO
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200
+    accelerator: str = "auto"          # cpu | gpu | auto
+    devices: int = 1                   # processes per node (GPUs, or CPU processes with ddp)
+    num_nodes: int = 1
+    strategy: str = "auto"             # auto | ddp | ddp_spawn | fsdp ...
+    precision: str = "32-true"         # 32-true | bf16-mixed | 16-mixed
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 0.0
+    checkpoint_every_n_steps: int = 100
+    keep_last_checkpoints: int = 2
+    log_every_n_steps: int = 10
+    max_nonfinite_in_row: int = 10
+    seed: int = 0
+    deterministic: bool = True
+    progress_bar: bool = True
+
+
+def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
+    """A Trainer writing checkpoints (atomic, the last K kept, plus ``last.ckpt``), CSV and
+    TensorBoard logs under ``out_dir``."""
+    out_dir = Path(out_dir)
+    checkpoints = ModelCheckpoint(
+        dirpath=out_dir / CHECKPOINT_DIR,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=max(1, config.checkpoint_every_n_steps),
+        save_top_k=max(1, config.keep_last_checkpoints),
+        monitor="step",
+        mode="max",
+        save_last=True,
+    )
+    loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+    return pl.Trainer(
+        default_root_dir=out_dir,
+        max_steps=config.max_steps,
+        max_epochs=-1,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        gradient_clip_val=config.gradient_clip_val or None,
+        log_every_n_steps=config.log_every_n_steps,
+        deterministic=config.deterministic,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        callbacks=[checkpoints],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0,
+    )
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    path = Path(out_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+    return path if path.exists() else None

@@ -1,0 +1,121 @@
+"""The training engine on a toy method: atomic checkpoints, kill-and-resume equality, the
+non-finite guard, the learning-rate schedule and per-module learning rates."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from personvl.errors import PersonvlError, UsageError
+from personvl.training.optim import OptimConfig, build_optimizer, warmup_cosine
+
+TOY = textwrap.dedent('''
+    import os, sys
+    import lightning.pytorch as pl
+    import torch
+    from torch import nn
+    from torch.utils.data import BatchSampler, Dataset, RandomSampler
+    from personvl.training.optim import OptimConfig
+    from personvl.training.resumable import ResumableDataLoader
+    from personvl.training.task import TrainingTask
+    from personvl.training.trainer import TrainerConfig, build_trainer, latest_checkpoint
+
+    class Points(Dataset):
+        def __init__(self):
+            g = torch.Generator().manual_seed(0)
+            self.x = torch.randn(32, 4, generator=g)
+            self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(32, generator=g)
+        def __len__(self): return 32
+        def __getitem__(self, i): return {"x": self.x[i], "y": self.y[i]}
+
+    class EpochSampler(RandomSampler):
+        def __init__(self, data): super().__init__(data); self.epoch = 0
+        def set_epoch(self, epoch): self.epoch = epoch
+        def __iter__(self):
+            return iter(torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(self.epoch)).tolist())
+
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__(); self.head = nn.Linear(4, 1); self.nan_at = int(os.environ.get("NAN_FROM", "-1"))
+            self.calls = 0
+        def forward(self, batch, progress):
+            self.calls += 1
+            loss = ((self.head(batch["x"]).squeeze(1) - batch["y"]) ** 2).mean()
+            if 0 <= self.nan_at <= self.calls:
+                loss = loss * float("nan")
+            return {"loss": loss, "mse": loss.detach()}
+        def parameter_groups(self): return [{"params": self.head.parameters()}]
+
+    out, steps, stop_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+    class Kill(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == stop_after:
+                os._exit(9)   # like SIGKILL: no cleanup, no final checkpoint
+
+    pl.seed_everything(0, workers=True)
+    data = Points()
+    loader = ResumableDataLoader(data, BatchSampler(EpochSampler(data), batch_size=4, drop_last=True))
+    task = TrainingTask(Toy(), OptimConfig(name="sgd", lr=0.05, warmup_steps=2), total_steps=steps, max_nonfinite_in_row=3)
+    trainer = build_trainer(TrainerConfig(max_steps=steps, checkpoint_every_n_steps=3, keep_last_checkpoints=2,
+                                          accelerator="cpu", progress_bar=False, log_every_n_steps=1), out)
+    if stop_after > 0:
+        trainer.callbacks.append(Kill())
+    trainer.fit(task, loader, ckpt_path=latest_checkpoint(out))
+    torch.save(task.method.head.state_dict(), os.path.join(out, "final.pt"))
+''')
+
+
+def run_toy(tmp_path: Path, out: Path, steps: int, stop_after: int = -1, env=None):
+    script = tmp_path / "toy.py"
+    script.write_text(TOY)
+    return subprocess.run([sys.executable, str(script), str(out), str(steps), str(stop_after)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    straight = tmp_path / "straight"
+    assert run_toy(tmp_path, straight, 14).returncode == 0
+    resumed = tmp_path / "resumed"
+    killed = run_toy(tmp_path, resumed, 14, stop_after=10)   # 8 batches per epoch: dies mid-epoch 2
+    assert killed.returncode == 9
+    checkpoints = sorted(p.name for p in (resumed / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and not any(name.endswith(".tmp") for name in checkpoints)
+    assert len([c for c in checkpoints if c.startswith("step")]) == 2   # keeps the last K
+    finished = run_toy(tmp_path, resumed, 14)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    a = torch.load(straight / "final.pt", weights_only=True)
+    b = torch.load(resumed / "final.pt", weights_only=True)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (resumed / "logs" / "metrics.csv").exists()
+
+
+def test_non_finite_losses_stop_training_with_a_message(tmp_path):
+    result = run_toy(tmp_path, tmp_path / "nan", 20, env={"NAN_FROM": "2"})
+    assert result.returncode != 0
+    assert "loss was not finite for 3 steps in a row" in result.stderr
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_per_module_learning_rates_and_frozen_parameters():
+    image, text = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    text.weight.requires_grad_(False)
+    optimizer = build_optimizer([{"params": image.parameters(), "name": "image"},
+                                 {"params": text.parameters(), "lr_scale": 0.1, "name": "text"}],
+                                OptimConfig(name="adan", lr=2e-3))
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-3, 2e-4])
+    assert len(optimizer.param_groups[1]["params"]) == 1   # the frozen weight is left out
+    with pytest.raises(UsageError, match="unknown optimiser 'lamb'"):
+        build_optimizer([{"params": image.parameters()}], OptimConfig(name="lamb"))
