@@ -16,15 +16,20 @@ from torch.utils.data import DataLoader, Sampler
 class SkippingBatchSampler(Sampler):
     """Wraps a batch sampler; the next iteration starts after ``skip`` batches."""
 
-    def __init__(self, batch_sampler):
+    def __init__(self, batch_sampler, dataset=None):
         self.batch_sampler = batch_sampler
+        self.dataset = dataset
         self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at every epoch start: the sampler's order and the dataset's
+        per-epoch draws (which caption) follow the epoch."""
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
         elif hasattr(getattr(self.batch_sampler, "sampler", None), "set_epoch"):
             self.batch_sampler.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0
@@ -40,7 +45,7 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader over a batch sampler whose position within the epoch is saved and restored."""
 
     def __init__(self, dataset, batch_sampler, **kwargs):
-        super().__init__(dataset, batch_sampler=SkippingBatchSampler(batch_sampler), **kwargs)
+        super().__init__(dataset, batch_sampler=SkippingBatchSampler(batch_sampler, dataset), **kwargs)
         self.batches_trained = 0
 
     def __iter__(self):

@@ -18,8 +18,10 @@ class TrainingTask(pl.LightningModule):
     groups (with per-module ``lr_scale``). Non-finite losses skip the step and are counted; too
     many in a row stop training with a message."""
 
-    def __init__(self, method: torch.nn.Module, optim: OptimConfig, total_steps: int, max_nonfinite_in_row: int = 10):
+    def __init__(self, method: torch.nn.Module, optim: OptimConfig, total_steps: int, max_nonfinite_in_row: int = 10,
+                 seed: int = 0):
         super().__init__()
+        self.seed = seed
         self.method = method
         self.optim_config = optim
         self.total_steps = max(1, total_steps)
@@ -31,8 +33,11 @@ class TrainingTask(pl.LightningModule):
         loader = self.trainer.train_dataloader if self._trainer is not None else None
         if isinstance(loader, ResumableDataLoader):
             loader.batches_trained += 1
+        # Lightning's checkpoints do not hold the random state; seeding every step from the step
+        # number makes dropout (and any draw in the method) the same after a resume.
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step * 7919 + self.global_rank)
         progress = min(1.0, self.global_step / self.total_steps)
-        losses = self.method(batch, progress)
+        losses = self.method(batch, progress=progress, step=self.global_step)
         total = losses["loss"]
         if not torch.isfinite(total):
             self.nonfinite_in_row += 1

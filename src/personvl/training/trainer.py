@@ -68,6 +68,7 @@ def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # identity samplers split the ranks themselves
     )
 
 

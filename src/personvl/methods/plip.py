@@ -1,0 +1,94 @@
+"""PLIP: identity-aware vision-language contrast (IVLC) + text-guided colorization (TIC) +
+image-guided attribute prediction (IAP); L = L_ivlc + 0.02 L_tic + 0.1 L_iap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
+from personvl.models import PersonEncoder, TokenBatch
+from personvl.models.heads import ColorizationDecoder, MaskedTokenPredictor
+from personvl.objectives import (
+    cmpm_loss, colorization_loss, masked_token_loss, masking_ratio_schedule, to_grayscale, whole_word_mask,
+)
+
+
+@dataclass
+class PLIPConfig:
+    ivlc_weight: float = 1.0
+    tic_weight: float = 0.02
+    iap_weight: float = 0.1
+    mask_ratio_start: float = 0.2
+    mask_ratio_end: float = 0.8
+    decoder_width: int = 1024          # channels of the fused colorization map
+    text_lr_scale: float = 0.1         # BERT learns at a tenth of the base rate
+    seed: int = 0                      # masking draws, per step
+
+
+class PLIPMethod(nn.Module):
+    def __init__(self, encoder: PersonEncoder, config: PLIPConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        height, width = encoder.config.preprocess.input_size
+        with torch.no_grad():
+            probe = encoder.image_features(torch.zeros(1, 3, height, width))
+        channels = [m.shape[1] for m in probe.maps]
+        mean, std = encoder.config.preprocess.mean, encoder.config.preprocess.std
+        self.register_buffer("mean", torch.tensor(mean), persistent=False)
+        self.register_buffer("std", torch.tensor(std), persistent=False)
+        self.decoder = ColorizationDecoder(channels, text_dim=encoder.embed_dim, width=config.decoder_width,
+                                           gate_hidden=max(16, config.decoder_width // 2))
+        tokenizer = encoder.tokenizer
+        self.iap_head = MaskedTokenPredictor(text_dim=encoder.text.width, vocab_size=tokenizer.vocab_size,
+                                             image_dim=encoder.embed_dim, map_channels=channels[-1],
+                                             heads=_heads_for(encoder.text.width))
+
+    def forward(self, batch: dict, progress: float, step: int = 0) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        images, pids = batch["image"], batch["pid"]
+        tokens = TokenBatch(batch["input_ids"], batch["attention_mask"])
+        image = self.encoder.image_features(images)
+        text = self.encoder.text_features(tokens)
+        losses: dict[str, torch.Tensor] = {}
+        total = images.new_zeros(())
+        if cfg.ivlc_weight:
+            losses["ivlc"] = cmpm_loss(image.embedding, text.embedding, pids)
+            total = total + cfg.ivlc_weight * losses["ivlc"]
+        if cfg.tic_weight:
+            gray = to_grayscale(images, self.mean, self.std)
+            decoded = self.decoder(self.encoder.image_features(gray).maps, text.embedding)
+            losses["tic"] = colorization_loss(decoded, images)
+            total = total + cfg.tic_weight * losses["tic"]
+        if cfg.iap_weight:
+            ratio = masking_ratio_schedule(progress, cfg.mask_ratio_start, cfg.mask_ratio_end)
+            hf = self.encoder.tokenizer.hf
+            word_ids, words = wordpiece_words(hf, tokens.input_ids)
+            candidates = [attribute_word_indices(w) for w in words]
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            masked_ids, labels = whole_word_mask(tokens.input_ids.cpu(), word_ids, ratio, hf.mask_token_id,
+                                                 generator, candidate_words=candidates)
+            masked = self.encoder.text_features(TokenBatch(masked_ids.to(images.device), tokens.attention_mask))
+            logits = self.iap_head(masked.tokens, image.embedding, image.maps[-1])
+            losses["iap"] = masked_token_loss(logits, labels.to(images.device))
+            losses["mask_ratio"] = torch.tensor(ratio)
+            total = total + cfg.iap_weight * losses["iap"]
+        losses["loss"] = total
+        return losses
+
+    def parameter_groups(self) -> list[dict]:
+        text = list(self.encoder.text.parameters())
+        text_ids = {id(p) for p in text}
+        rest = [p for p in self.parameters() if id(p) not in text_ids]
+        return [{"params": rest, "name": "image+heads"},
+                {"params": text, "lr_scale": self.config.text_lr_scale, "name": "text"}]
+
+
+def _heads_for(width: int) -> int:
+    for heads in (8, 4, 2, 1):
+        if width % heads == 0:
+            return heads
+    return 1

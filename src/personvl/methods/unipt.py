@@ -1,0 +1,77 @@
+"""UniPT: image-text contrast (symmetric InfoNCE, learnable temperature) + whole-word masked
+language modelling (15% of the words), optionally conditioned on the image."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from personvl.methods.text_masking import wordpiece_words
+from personvl.models import PersonEncoder, TokenBatch
+from personvl.models.heads import MaskedTokenPredictor
+from personvl.objectives import infonce_loss, masked_token_loss, whole_word_mask
+
+
+@dataclass
+class UniPTConfig:
+    contrast_weight: float = 1.0
+    mlm_weight: float = 1.0
+    mlm_ratio: float = 0.15
+    mlm_image_conditioned: bool = False
+    identity_aware: bool = False       # same-identity pairs are positives too
+    text_lr_scale: float = 1.0
+    seed: int = 0
+
+
+class UniPTMethod(nn.Module):
+    def __init__(self, encoder: PersonEncoder, config: UniPTConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        if encoder.logit_scale is None:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.mlm_head = MaskedTokenPredictor(
+            text_dim=encoder.text.width, vocab_size=encoder.tokenizer.vocab_size,
+            image_dim=encoder.embed_dim if config.mlm_image_conditioned else None,
+            heads=_heads_for(encoder.text.width))
+
+    def _scale(self) -> torch.Tensor:
+        scale = self.encoder.logit_scale if self.encoder.logit_scale is not None else self.logit_scale
+        return scale.exp().clamp(max=100.0)
+
+    def forward(self, batch: dict, progress: float, step: int = 0) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        images = batch["image"]
+        tokens = TokenBatch(batch["input_ids"], batch["attention_mask"])
+        image_embedding = self.encoder.visual(images)
+        losses: dict[str, torch.Tensor] = {}
+        total = images.new_zeros(())
+        if cfg.contrast_weight:
+            text_embedding = self.encoder.text(tokens.input_ids, tokens.attention_mask)
+            pids = batch["pid"] if cfg.identity_aware else None
+            losses["contrast"] = infonce_loss(image_embedding, text_embedding, self._scale(), pids)
+            total = total + cfg.contrast_weight * losses["contrast"]
+        if cfg.mlm_weight:
+            hf = self.encoder.tokenizer.hf
+            word_ids, _ = wordpiece_words(hf, tokens.input_ids)
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            masked_ids, labels = whole_word_mask(tokens.input_ids.cpu(), word_ids, cfg.mlm_ratio, hf.mask_token_id, generator)
+            states = self.encoder.text_features(TokenBatch(masked_ids.to(images.device), tokens.attention_mask)).tokens
+            logits = self.mlm_head(states, image_embedding if cfg.mlm_image_conditioned else None)
+            losses["mlm"] = masked_token_loss(logits, labels.to(images.device))
+            total = total + cfg.mlm_weight * losses["mlm"]
+        losses["loss"] = total
+        return losses
+
+    def parameter_groups(self) -> list[dict]:
+        text = list(self.encoder.text.parameters())
+        text_ids = {id(p) for p in text}
+        return [{"params": [p for p in self.parameters() if id(p) not in text_ids], "name": "image+heads"},
+                {"params": text, "lr_scale": self.config.text_lr_scale, "name": "text"}]
+
+
+def _heads_for(width: int) -> int:
+    return next(h for h in (8, 4, 2, 1) if width % h == 0)

@@ -1,0 +1,98 @@
+"""Pre-training recipes on the synthetic world with tiny encoders."""
+
+import json
+
+import pytest
+import torch
+
+from personvl.cli import main
+from personvl.errors import PersonvlError, UsageError
+from personvl.methods.plip import PLIPConfig, PLIPMethod
+from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
+from personvl.models import TokenBatch, create_model, load_model
+from personvl.training.pretrain import load_pretrain_config, pretrain
+
+COMMON = ["trainer.accelerator=cpu", "trainer.progress_bar=false", "data.workers=0",
+          "data.identities_per_batch=4", "data.images_per_identity=2", "trainer.log_every_n_steps=1"]
+
+
+def _batch(encoder, size=8):
+    tokens = encoder.tokenizer(["a woman in a red coat and black jeans"] * size)
+    height, width = encoder.config.preprocess.input_size
+    return {"image": torch.randn(size, 3, height, width), "pid": torch.arange(size) // 2,
+            "input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask,
+            "attributes": torch.randint(0, 2, (size, 5)).float()}
+
+
+def test_plip_gradients_reach_trained_parameters_only():
+    torch.manual_seed(0)
+    encoder = create_model("tiny-plip-rn50").train()
+    method = PLIPMethod(encoder, PLIPConfig(decoder_width=16))
+    losses = method(_batch(encoder), progress=0.5, step=3)
+    assert set(losses) >= {"ivlc", "tic", "iap", "loss"}
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    bert = encoder.text.bert
+    frozen = [bert.embeddings, *bert.encoder.layer[:encoder.text.frozen_layers]]
+    for module in frozen:
+        assert all(p.grad is None for p in module.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bert.encoder.layer[-1].parameters())
+    assert encoder.visual.parameters().__next__().grad is not None
+    assert all(p.grad is not None for p in method.iap_head.parameters())
+    assert all(p.grad is not None for p in method.decoder.parameters())
+
+
+def test_turning_an_objective_off_removes_it():
+    encoder = create_model("tiny-plip-rn50").train()
+    method = PLIPMethod(encoder, PLIPConfig(decoder_width=16, tic_weight=0.0, iap_weight=0.0))
+    losses = method(_batch(encoder), progress=0.0)
+    assert set(losses) == {"ivlc", "loss"}
+    assert losses["loss"].item() == pytest.approx(losses["ivlc"].item())
+
+
+def test_wordpiece_words_and_attribute_words():
+    encoder = create_model("tiny-plip-rn50")
+    hf = encoder.tokenizer.hf
+    ids = encoder.tokenizer(["a woman in a red overcoat"]).input_ids
+    word_ids, words = wordpiece_words(hf, ids)
+    assert words[0] == ["a", "woman", "in", "a", "red", "overcoat"]
+    assert word_ids[0][0] is None and word_ids[0][-1] is None     # [CLS] ... padding
+    assert attribute_word_indices(words[0]) == [4, 5]
+
+
+def test_recipes_parse_and_unknown_keys_are_refused():
+    for name in ("plip_tiny", "plip_rn50", "valpat_tiny", "valpat_rn50", "unipt_tiny", "unipt_vitb16"):
+        config = load_pretrain_config(f"configs/pretrain/{name}.yaml")
+        assert config.method in name
+    with pytest.raises(UsageError, match="unknown config key 'plip.tic'"):
+        load_pretrain_config("configs/pretrain/plip_tiny.yaml", ["plip.tic=0"])
+
+
+@pytest.mark.parametrize("recipe", ["plip_tiny", "unipt_tiny", "valpat_tiny"])
+def test_each_recipe_trains_a_few_steps_and_exports_the_encoder(small_world, tmp_path, recipe):
+    world, _ = small_world
+    out = tmp_path / recipe
+    summary = pretrain(f"configs/pretrain/{recipe}.yaml",
+                       [f"data.root={world}/cuhk-pedes", f"output_dir={out}", "trainer.max_steps=3",
+                        "valpat.queue_size=16", "plip.decoder_width=16", *COMMON], echo=lambda *_: None)
+    assert summary["steps"] == 3 and summary["nonfinite_steps"] == 0
+    assert (out / "config.yaml").exists() and (out / "checkpoints" / "last.ckpt").exists()
+    model = load_model(out / "model")
+    assert model.encode_text(["a man in a blue shirt"]).shape[0] == 1
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_pretrain_command_and_resume_rules(small_world, tmp_path, capsys):
+    world, _ = small_world
+    out = tmp_path / "run"
+    args = ["pretrain", "configs/pretrain/plip_tiny.yaml", f"data.root={world}/cuhk-pedes", f"output_dir={out}",
+            "trainer.max_steps=2", "plip.decoder_width=16", *COMMON]
+    assert main(args) == 0
+    assert "trained encoder" in capsys.readouterr().out
+    assert main(args) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(args[:-len(COMMON)] + COMMON + ["trainer.max_steps=4", "--resume"]) == 0
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4
+    with pytest.raises(PersonvlError, match="nothing to resume"):
+        pretrain("configs/pretrain/plip_tiny.yaml", [f"output_dir={tmp_path / 'none'}"], resume=True)
