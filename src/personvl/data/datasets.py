@@ -58,6 +58,11 @@ class SampleBuilder:
 
     def __call__(self, record: PersonRecord, image: Image.Image, index: int, epoch: int) -> dict[str, Any]:
         caption = choose_caption(record.captions, self.seed, epoch, index)
+        if self.transform is not None:
+            # Augmentation draws depend on (seed, epoch, sample) only, not on which worker or rank
+            # handles the sample or how many it handled before: a resumed run flips and crops
+            # exactly as an uninterrupted one.
+            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
         sample: dict[str, Any] = {
             "image": self.transform(image) if self.transform is not None else image,
             "pid": -1 if record.pid is None else record.pid,

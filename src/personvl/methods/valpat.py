@@ -85,7 +85,8 @@ class VALPATMethod(nn.Module):
             query = self.ssl_projection(embedding)
             with torch.no_grad():
                 key = self.momentum_projection(self.momentum_visual(view))
-            losses["ssl"] = momentum_contrast_loss(query, key, self.queue.keys, cfg.ssl_temperature)
+            # a copy: the queue is updated in place below, before the backward pass
+            losses["ssl"] = momentum_contrast_loss(query, key, self.queue.keys.clone(), cfg.ssl_temperature)
             self.queue.push(key)
             total = total + cfg.ssl_weight * losses["ssl"]
         if cfg.contrast_weight:

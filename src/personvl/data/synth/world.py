@@ -273,7 +273,9 @@ def generate_world(
     ]
     run_parallel(_render_frame, frame_tasks, workers, "scene frames", progress)
 
-    _write_jsonl(out / RECORDS_FILE, plan.records)
+    # The header line makes records.jsonl a ``jsonl`` dataset: load_dataset("jsonl", out, "train").
+    header = {"attribute_names": vocab.attribute_names(), "part_names": list(vocab.PART_LABELS)}
+    _write_jsonl(out / RECORDS_FILE, [header, *plan.records])
     scene_annotations = [(scene, scene_boxes(scene)) for scene in plan.scenes]
     dataset_dirs = write_all_formats(out, plan, scene_annotations, workers, progress)
     calibration = calibrate(out, plan, workers)
@@ -355,6 +357,8 @@ def load_world(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_world_records(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ground-truth rows of records.jsonl (without its header line)."""
     path = Path(out_dir) / RECORDS_FILE
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+        rows = [json.loads(line) for line in handle]
+    return [row for row in rows if "image" in row]
