@@ -67,8 +67,21 @@ def test_config_file_and_overrides_combine(tmp_path, capsys):
 
 def test_quickstart_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--identities", "12", "--no-progress", "--workers", "1",
-                 "scene_identities=3"]) == 0
+    assert main(["quickstart", "--out", str(out), "--identities", "16", "--steps", "2", "--no-progress",
+                 "--workers", "1", "scene_identities=3"]) == 0
     printed = capsys.readouterr().out
-    assert "split  identities" in printed and "done in" in printed
+    assert "split  identities" in printed and "untrained" in printed and "done in" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("pretrained", "untrained"):
+        assert set(metrics[model]["t2i"]) == {"R1", "R5", "R10", "mAP"}
+        assert set(metrics[model]["reid"]) == {"mAP", "R1"} and set(metrics[model]["attributes"]) == {"mA"}
+        assert 0 <= metrics[model]["t2i"]["R1"] <= 100
+    assert metrics["oracle"]["t2i"]["R1"] > 0 and metrics["seconds"] > 0
+    assert metrics["pretrained"] != metrics["untrained"]
+    for plot in ("losses.png", "reid_cmc.png", "t2i_retrieval.png"):
+        assert (out / "plots" / plot).stat().st_size > 1000
     assert (out / "world" / "contact_sheet.png").exists()
+    # a second run reuses the finished world and pre-training
+    assert main(["quickstart", "--out", str(out), "--identities", "16", "--steps", "2", "--no-progress",
+                 "--workers", "1", "scene_identities=3"]) == 0
+    assert "reusing the finished run" in capsys.readouterr().out

@@ -54,17 +54,22 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     quickstart(args.out, identities=args.identities, images_per_identity=args.images_per_identity,
                cameras=args.cameras, seed=args.seed, config=args.config, workers=args.workers,
-               progress=not args.no_progress, knobs=_world_knobs(args))
+               progress=not args.no_progress, steps=args.steps, knobs=_world_knobs(args))
     return 0
 
 
 def register(commands) -> None:
     quick = commands.add_parser(
-        "quickstart", help="generate a small synthetic world, show its statistics and a contact sheet",
-        description="The main job on built-in data: generate a synthetic person world, print its "
-                    "statistics and calibration figures, and write a contact sheet PNG.")
+        "quickstart", help="generate a synthetic world, pre-train a tiny PLIP encoder on it and evaluate it",
+        description="The main job on built-in data: generate a synthetic person world, pre-train PLIP's "
+                    "tiny encoder on its training identities, and evaluate on held-out identities "
+                    "(zero-shot text-to-image retrieval, image re-ID, attribute linear probe) against "
+                    "the untrained encoder and the attribute-oracle ceiling. Writes metrics.json, "
+                    "plots and the world's contact sheet.")
     quick.add_argument("--out", default="personvl-quickstart", metavar="DIR",
                        help="output directory (default: %(default)s)")
+    quick.add_argument("--steps", type=_integer, default=300, metavar="N",
+                       help="pre-training steps (default: %(default)s)")
     _add_world_arguments(quick, identities_default=400)
     quick.set_defaults(handler=_cmd_quickstart)
 

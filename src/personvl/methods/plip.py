@@ -3,22 +3,28 @@ image-guided attribute prediction (IAP); L = L_ivlc + 0.02 L_tic + 0.1 L_iap."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from personvl.errors import UsageError
 from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
 from personvl.models import PersonEncoder, TokenBatch
 from personvl.models.heads import ColorizationDecoder, MaskedTokenPredictor
 from personvl.objectives import (
-    cmpm_loss, colorization_loss, masked_token_loss, masking_ratio_schedule, to_grayscale, whole_word_mask,
+    cmpm_loss, colorization_loss, infonce_loss, masked_token_loss, masking_ratio_schedule, to_grayscale, whole_word_mask,
 )
 
 
 @dataclass
 class PLIPConfig:
     ivlc_weight: float = 1.0
+    # The paper's IVLC is identity-aware CMPM (no temperature). "infonce" swaps in the
+    # identity-aware InfoNCE with a learnable temperature: it escapes the near-uniform start of
+    # randomly initialised encoders far sooner, which small CPU runs need.
+    ivlc_loss: str = "cmpm"
     tic_weight: float = 0.02
     iap_weight: float = 0.1
     mask_ratio_start: float = 0.2
@@ -31,8 +37,12 @@ class PLIPConfig:
 class PLIPMethod(nn.Module):
     def __init__(self, encoder: PersonEncoder, config: PLIPConfig):
         super().__init__()
+        if config.ivlc_loss not in ("cmpm", "infonce"):
+            raise UsageError(f"plip.ivlc_loss must be cmpm or infonce, got {config.ivlc_loss!r}")
         self.encoder = encoder
         self.config = config
+        if config.ivlc_loss == "infonce":
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         height, width = encoder.config.preprocess.input_size
         with torch.no_grad():
             probe = encoder.image_features(torch.zeros(1, 3, height, width))
@@ -56,7 +66,11 @@ class PLIPMethod(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         total = images.new_zeros(())
         if cfg.ivlc_weight:
-            losses["ivlc"] = cmpm_loss(image.embedding, text.embedding, pids)
+            if cfg.ivlc_loss == "cmpm":
+                losses["ivlc"] = cmpm_loss(image.embedding, text.embedding, pids)
+            else:
+                scale = self.logit_scale.exp().clamp(max=100.0)
+                losses["ivlc"] = infonce_loss(image.embedding, text.embedding, scale, pids)
             total = total + cfg.ivlc_weight * losses["ivlc"]
         if cfg.tic_weight:
             gray = to_grayscale(images, self.mean, self.std)

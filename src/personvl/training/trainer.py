@@ -48,7 +48,8 @@ def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
         mode="max",
         save_last=True,
     )
-    loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+    loggers = [CSVLogger(out_dir, name="logs", version="", flush_logs_every_n_steps=config.log_every_n_steps),
+               TensorBoardLogger(out_dir, name="tensorboard", version="")]
     return pl.Trainer(
         default_root_dir=out_dir,
         max_steps=config.max_steps,
