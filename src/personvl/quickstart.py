@@ -23,17 +23,20 @@ QUICKSTART_MODEL = "tiny-plip-rn50"
 METRICS_FILE = "metrics.json"
 
 
-def quickstart_recipe(world_dir: str | os.PathLike, out_dir: str | os.PathLike, steps: int, workers: int):
-    """PLIP on the tiny encoders with settings that learn within minutes on a CPU."""
+def quickstart_recipe(world_dir: str | os.PathLike, out_dir: str | os.PathLike, steps: int, workers: int,
+                      train_identities: int = 16):
+    """PLIP on the tiny encoders, batches of up to 16 identities x 2 images."""
     from personvl.training.pretrain import PretrainConfig
 
     config = PretrainConfig(method="plip", output_dir=str(Path(out_dir) / "pretrain"))
     config.data.dataset, config.data.root = "cuhk-pedes", str(Path(world_dir) / "cuhk-pedes")
-    config.data.identities_per_batch, config.data.images_per_identity, config.data.workers = 16, 2, workers
+    config.data.identities_per_batch = max(2, min(16, train_identities))
+    config.data.images_per_identity, config.data.workers = 2, workers
     config.model.name = QUICKSTART_MODEL
     config.optim.name, config.optim.lr, config.optim.warmup_steps = "adamw", 2e-3, 20
     config.trainer.max_steps, config.trainer.accelerator = steps, "cpu"
-    config.trainer.checkpoint_every_n_steps, config.trainer.log_every_n_steps = max(1, steps // 4), 5
+    config.trainer.checkpoint_every_n_steps = max(1, steps // 4)
+    config.trainer.log_every_n_steps = max(1, min(5, steps))
     config.plip.decoder_width, config.plip.text_lr_scale = 64, 1.0
     return config
 
@@ -113,7 +116,8 @@ def quickstart(
     echo(format_world_summary(world_dir, world))
 
     echo(f"\n2/3 pre-training {QUICKSTART_MODEL} with PLIP for {steps} steps ...")
-    recipe = quickstart_recipe(world_dir, out, steps, workers=min(2, workers))
+    recipe = quickstart_recipe(world_dir, out, steps, workers=min(2, workers),
+                               train_identities=world["splits"]["train"]["identities"])
     recipe.trainer.progress_bar = progress
     run_dir = Path(recipe.output_dir)
     if (run_dir / "model").exists():
