@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from personvl.evaluation import ranking_metrics
+from personvl.evaluation import NoMatchWarning, ranking_metrics
 
 
 def test_hand_computed_retrieval_with_ties_ordered_by_gallery_index():
@@ -30,5 +30,6 @@ def test_same_identity_same_camera_is_removed_and_matchless_queries_skipped():
 
 
 def test_no_valid_query_gives_nan_not_a_division_error():
-    m = ranking_metrics(np.ones((1, 2)), np.array([5]), np.array([1, 2]))
+    with pytest.warns(NoMatchWarning):
+        m = ranking_metrics(np.ones((1, 2)), np.array([5]), np.array([1, 2]))
     assert m["valid_queries"] == 0 and np.isnan(m["mAP"])

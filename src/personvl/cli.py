@@ -22,6 +22,11 @@ class _Parser(argparse.ArgumentParser):
 # ``personvl --help`` stays fast.
 COMMAND_MODULES = (
     "personvl.commands.world",
+    "personvl.commands.report",
+    "personvl.commands.data",
+    "personvl.commands.search",
+    "personvl.commands.models",
+    "personvl.commands.train",
 )
 
 

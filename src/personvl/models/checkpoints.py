@@ -1,0 +1,260 @@
+"""Strict weight loading, and the personvl model folder (safetensors + config.json + tokenizer).
+
+``load_weights`` puts one or more weight sources into a model and refuses, by default, anything
+that does not fit exactly: parameters the sources should cover but do not (missing), tensors
+with no place in the model (unexpected) and shape mismatches are listed in one error. With
+``strict=False`` the fitting tensors load and the rest is reported in a warning and in
+``model.load_report``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence, Union
+
+import torch
+from safetensors.torch import save_file
+
+from personvl.errors import PersonvlError
+from personvl.models.config import ModelConfig
+from personvl.models.encoder import PersonEncoder
+from personvl.models.tokenization import TextTokenizer, load_tokenizer
+from personvl.models.weight_formats import (
+    FORMAT_NAME, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, PART_PREFIXES, TOKENIZER_DIR, WeightSource, part_of, read_weights,
+)
+
+FORMAT_VERSION = 1
+Weights = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Mapping[str, Union[str, os.PathLike]]]
+_SHOWN = 12   # keys named per category in an error message; the report holds them all
+# Tower settings that change training, not what the weights mean.
+_TRAINING_ONLY_SETTINGS = ("frozen_layers",)
+_PART_NAMES = {"image": "image tower", "text": "text tower", "logit_scale": "logit scale"}
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did: per-category key lists, and notes from the readers."""
+
+    sources: list[str] = field(default_factory=list)
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    not_covered: list[str] = field(default_factory=list)   # what no source filled: left as initialised
+    notes: list[str] = field(default_factory=list)
+    tokenizer_dir: Path | None = None
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing {_keys(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected {_keys(self.unexpected)}")
+        if self.mismatched:
+            shown = [f"{k} file {list(a)} vs model {list(b)}" for k, a, b in self.mismatched[:_SHOWN]]
+            more = f", ... {len(self.mismatched) - _SHOWN} more" if len(self.mismatched) > _SHOWN else ""
+            parts.append(f"{len(self.mismatched)} with another shape [{', '.join(shown)}{more}]")
+        return "; ".join(parts)
+
+
+class WeightsMismatchError(PersonvlError):
+    """The weights do not fit the model; ``report`` lists every key."""
+
+    def __init__(self, message: str, report: LoadReport):
+        super().__init__(message)
+        self.report = report
+
+
+def load_weights(model: PersonEncoder, weights: Weights, *, strict: bool = True) -> LoadReport:
+    """Load ``weights`` into ``model``: one path, a list of paths (each covering the parts it
+    has: e.g. a CLIP file and a BERT folder), or ``{"image": path, "text": path}`` to take
+    only that part of each file. Returns the report (also kept as ``model.load_report``)."""
+    report = LoadReport()
+    combined: dict[str, torch.Tensor] = {}
+    optional: list[str] = []
+    covered: dict[str, str] = {}   # model key prefix -> the source filling it
+    for path, only in _normalise(weights):
+        source = read_weights(path, model)
+        _check_compatible(source, model)
+        state, prefixes = source.state, source.covered_prefixes
+        if only is not None:
+            if only not in source.parts:
+                raise PersonvlError(f"{path} has no {_PART_NAMES[only]} weights (it has: "
+                                    f"{', '.join(_PART_NAMES.get(p, p) for p in sorted(source.parts))})")
+            report.notes.extend(f"{_PART_NAMES.get(p, p)} of {path} not used"
+                                for p in sorted(source.parts - {only}))
+            state = {k: v for k, v in state.items() if part_of(k) == only}
+            prefixes = tuple(p for p in prefixes if part_of(p) == only)
+        for prefix in prefixes:
+            clash = next((other for other in covered if other.startswith(prefix) or prefix.startswith(other)), None)
+            if clash is not None:
+                raise PersonvlError(f"two weight sources for {clash.rstrip('.')}: {covered[clash]} and {path} "
+                                    "(weights={'image': ..., 'text': ...} takes one part of each)")
+            covered[prefix] = str(path)
+        combined.update(state)
+        report.unexpected.extend(k for k in source.unexpected if only is None or part_of(k) == only)
+        optional.extend(source.optional_prefixes)
+        report.sources.append(f"{path} ({source.kind})")
+        report.notes.extend(source.notes)
+        if source.tokenizer_dir is not None and only in (None, "text"):
+            report.tokenizer_dir = source.tokenizer_dir
+
+    model_state = model.state_dict()
+    # Buffers a model recomputes (attention masks, position ids) are not weights; TorchScript
+    # archives and old checkpoints store them anyway.
+    derived = {name for name, _ in model.named_buffers()} - set(model_state)
+    covered_prefixes = tuple(covered)
+    expected = {k for k in model_state if k.startswith(covered_prefixes)}
+    report.not_covered = _summarise_keys(sorted(set(model_state) - expected), list(model_state))
+    report.missing = sorted(expected - set(combined))
+    fitting = {}
+    for key, value in combined.items():
+        if key in model_state:
+            if tuple(value.shape) == tuple(model_state[key].shape):
+                fitting[key] = value
+            else:
+                report.mismatched.append((key, tuple(value.shape), tuple(model_state[key].shape)))
+        elif key in derived or key.startswith(tuple(optional)):
+            report.ignored.append(key)
+        else:
+            report.unexpected.append(key)
+    report.unexpected = sorted(set(report.unexpected))
+    report.ignored.sort()
+    if not report.fits:
+        message = f"weights {' + '.join(report.sources)} do not fit {model.name}: {report.problems()}"
+        if strict:
+            raise WeightsMismatchError(message + " (strict=False loads the rest)", report)
+        warnings.warn(message, stacklevel=2)
+    with torch.no_grad():
+        model.load_state_dict(fitting, strict=False)
+    report.loaded = len(fitting)
+    model.load_report = report
+    return report
+
+
+def save_model(model: PersonEncoder, directory: str | os.PathLike) -> Path:
+    """Write ``model`` to ``directory``: ``model.safetensors``, ``config.json`` (architecture,
+    preprocessing, tokenizer) and the tokenizer's files under ``tokenizer/``."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PersonvlError(f"cannot write to {directory}: {exc.strerror}") from None
+    tokenizer = model.tokenizer   # loads the default one now, so a missing one fails before writing
+    state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+    _write_atomically(directory / MODEL_WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    tokenizer.save(directory / TOKENIZER_DIR)
+    from personvl import __version__
+
+    document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "personvl_version": __version__,
+                **model.config.to_dict()}
+    document["tokenizer"]["files"] = TOKENIZER_DIR
+    _write_atomically(directory / MODEL_CONFIG_FILE,
+                      lambda tmp: tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"))
+    return directory
+
+
+def load_model(directory: str | os.PathLike, *, tokenizer: str | os.PathLike | TextTokenizer | None = None,
+               device: str | torch.device | None = None) -> PersonEncoder:
+    """The model saved in ``directory`` by ``save_model``, in eval mode, with its tokenizer
+    (or ``tokenizer``: a folder, hub name or tokenizer object)."""
+    directory = Path(directory).expanduser()
+    document = read_model_document(directory)
+    model = PersonEncoder(ModelConfig.from_dict(document))
+    load_weights(model, directory, strict=True)
+    attach_tokenizer(model, tokenizer if tokenizer is not None else directory / TOKENIZER_DIR)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def read_model_document(directory: Path) -> dict:
+    """The config.json of a personvl model folder, checked to be one."""
+    config_file = directory / MODEL_CONFIG_FILE
+    if not config_file.is_file():
+        raise PersonvlError(f"{directory} is not a personvl model folder (no {MODEL_CONFIG_FILE})")
+    try:
+        document = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PersonvlError(f"cannot read {config_file}: {exc}") from None
+    if document.get("format") != FORMAT_NAME:
+        raise PersonvlError(f"{config_file} is not a personvl model config (format {document.get('format')!r})")
+    if document.get("format_version", 0) > FORMAT_VERSION:
+        raise PersonvlError(f"{directory} was written by a newer personvl (format {document['format_version']})")
+    return document
+
+
+def attach_tokenizer(model: PersonEncoder, tokenizer: str | os.PathLike | TextTokenizer) -> None:
+    """Give ``model`` a tokenizer object, or the one loaded from a folder / hub name."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        spec = model.config.tokenizer
+        tokenizer = load_tokenizer(spec.kind, tokenizer, spec.max_length)
+    model.tokenizer = tokenizer
+
+
+def _normalise(weights: Weights) -> list[tuple[Path, str | None]]:
+    if isinstance(weights, (str, os.PathLike)):
+        return [(Path(weights), None)]
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - {"image", "text"})
+        if unknown:
+            raise PersonvlError(f"weights parts are 'image' and 'text', got {unknown[0]!r}")
+        return [(Path(path), part) for part, path in weights.items()]
+    return [(Path(path), None) for path in weights]
+
+
+def _check_compatible(source: WeightSource, model: PersonEncoder) -> None:
+    if source.quick_gelu:
+        towers = (model.config.image_tower, model.config.text_tower)
+        if any(tower.get("quick_gelu") is False for tower in towers):
+            raise PersonvlError(f"{source.path} was trained with QuickGELU: create the model with quick_gelu=True")
+    if source.config is not None:
+        for tower in ("image_tower", "text_tower"):
+            theirs = _meaningful(source.config.get(tower) or {})
+            ours = _meaningful(model.config.to_dict()[tower])
+            if theirs != ours:
+                differing = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+                raise PersonvlError(
+                    f"{source.path} holds a {source.config.get('architecture')} whose {tower.replace('_', ' ')} "
+                    f"differs from {model.name}'s in {', '.join(differing)}: load it with load_model")
+
+
+def _meaningful(tower: dict) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(tower)).items() if k not in _TRAINING_ONLY_SETTINGS}
+
+
+def _summarise_keys(keys: list[str], all_keys: list[str]) -> list[str]:
+    """Whole parts by name ("image tower"), else the modules (first two name components)."""
+    summary = []
+    for part, prefix in PART_PREFIXES.items():
+        in_part = [k for k in keys if k.startswith(prefix)]
+        if not in_part:
+            continue
+        if len(in_part) == sum(1 for k in all_keys if k.startswith(prefix)):
+            summary.append(_PART_NAMES[part])
+        else:
+            summary.extend(sorted({".".join(k.split(".")[:2]) for k in in_part}))
+    return summary
+
+
+def _keys(keys: list[str]) -> str:
+    more = f", ... {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return f"[{', '.join(keys[:_SHOWN])}{more}]"
+
+
+def _write_atomically(target: Path, write) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise PersonvlError(f"cannot write {target}: {exc.strerror}") from None
