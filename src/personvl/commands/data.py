@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+from personvl.commands.arguments import positive_int
 
 
 def _reader_options(args: argparse.Namespace) -> dict:
@@ -81,7 +73,7 @@ def register(commands) -> None:
     _add_dataset_arguments(convert)
     convert.add_argument("--to", choices=("jsonl", "shards"), required=True, help="output form")
     convert.add_argument("out", metavar="OUT", help="output file (.jsonl) or folder")
-    convert.add_argument("--shard-size", type=_positive, default=1000, metavar="N",
+    convert.add_argument("--shard-size", type=positive_int, default=1000, metavar="N",
                          help="samples per shard (default: %(default)s)")
     _add_reader_options(convert)
     convert.set_defaults(handler=_cmd_convert)

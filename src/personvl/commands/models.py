@@ -6,25 +6,7 @@ import argparse
 import json
 import sys
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+from personvl.commands.arguments import non_negative_int, positive_int
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +99,8 @@ def register(commands) -> None:
     _add_model_arguments(embed)
     embed.add_argument("images", metavar="IMAGES_DIR", help="folder of images (.jpg, .png, ...)")
     embed.add_argument("--out", required=True, metavar="OUT.npy", help="where to write the embeddings")
-    embed.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per batch (default 64)")
-    embed.add_argument("--workers", type=_non_negative, default=0, metavar="W",
+    embed.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="images per batch (default 64)")
+    embed.add_argument("--workers", type=non_negative_int, default=0, metavar="W",
                        help="image-decoding processes (default 0: in the main process)")
     embed.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     embed.set_defaults(handler=_cmd_embed)
@@ -144,7 +126,7 @@ def register(commands) -> None:
                     "then check with onnxruntime that the graphs match PyTorch within 1e-4.")
     onnx.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by save_model")
     onnx.add_argument("out", metavar="OUT", help="output folder")
-    onnx.add_argument("--opset", type=_positive, default=17, metavar="N", help="ONNX opset (default 17)")
+    onnx.add_argument("--opset", type=positive_int, default=17, metavar="N", help="ONNX opset (default 17)")
     onnx.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer to use instead of the saved one")
     onnx.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     onnx.set_defaults(handler=_cmd_export_onnx)

@@ -7,15 +7,7 @@ import json
 import os
 import sys
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+from personvl.commands.arguments import positive_int
 
 
 def _cmd_index_build(args: argparse.Namespace) -> int:
@@ -111,17 +103,17 @@ def register(commands) -> None:
     build.add_argument("--backend", default=None, choices=("auto", "exact", "ivf", "hnsw"),
                        help="exact search, or an approximate ivf / hnsw index (default: as before, "
                             "or auto: exact below 100,000 images)")
-    build.add_argument("--nlist", type=_positive, default=None, metavar="N",
+    build.add_argument("--nlist", type=positive_int, default=None, metavar="N",
                        help="ivf: inverted lists (default about sqrt of the gallery size)")
-    build.add_argument("--nprobe", type=_positive, default=None, metavar="N",
+    build.add_argument("--nprobe", type=positive_int, default=None, metavar="N",
                        help="ivf: lists searched per query (default nlist/8, at least 8)")
-    build.add_argument("--hnsw-m", type=_positive, default=None, metavar="M",
+    build.add_argument("--hnsw-m", type=positive_int, default=None, metavar="M",
                        help="hnsw: neighbours per node (default 32)")
-    build.add_argument("--ef-search", type=_positive, default=None, metavar="EF",
+    build.add_argument("--ef-search", type=positive_int, default=None, metavar="EF",
                        help="hnsw: candidates kept while searching (default 128)")
-    build.add_argument("--batch-size", type=_positive, default=32, metavar="B",
+    build.add_argument("--batch-size", type=positive_int, default=32, metavar="B",
                        help="images embedded at once (default %(default)s)")
-    build.add_argument("--chunk-size", type=_positive, default=1024, metavar="C",
+    build.add_argument("--chunk-size", type=positive_int, default=1024, metavar="C",
                        help="images committed to disk at once; a killed build loses at most one "
                             "chunk of work (default %(default)s)")
     build.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
@@ -136,7 +128,7 @@ def register(commands) -> None:
     query.add_argument("--text", default=None, metavar="TEXT", help="a description of the person")
     query.add_argument("--image", default=None, metavar="PATH", help="an image of the person")
     query.add_argument("--like", type=int, default=None, metavar="ID", help="the id of an indexed image")
-    search.add_argument("-k", type=_positive, default=10, metavar="K", help="results (default %(default)s)")
+    search.add_argument("-k", type=positive_int, default=10, metavar="K", help="results (default %(default)s)")
     search.add_argument("--exact", action="store_true", help="scan every vector even if the index is approximate")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.set_defaults(handler=_cmd_index_search)
@@ -154,11 +146,11 @@ def register(commands) -> None:
                     "and its OpenAPI docs at /docs.")
     serve.add_argument("index", metavar="INDEX_DIR", help="an index built by 'personvl index build'")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    serve.add_argument("--port", type=_positive, default=8000, help="port (default %(default)s)")
+    serve.add_argument("--port", type=positive_int, default=8000, help="port (default %(default)s)")
     serve.add_argument("--token", default=None, metavar="T",
                        help="require this API token on every request (default: $PERSONVL_API_TOKEN, else none)")
-    serve.add_argument("--max-upload-mb", type=_positive, default=8, metavar="MB",
+    serve.add_argument("--max-upload-mb", type=positive_int, default=8, metavar="MB",
                        help="largest image upload accepted (default %(default)s)")
-    serve.add_argument("--max-in-flight", type=_positive, default=32, metavar="N",
+    serve.add_argument("--max-in-flight", type=positive_int, default=32, metavar="N",
                        help="requests computing at once; more are answered 503 (default %(default)s)")
     serve.set_defaults(handler=_cmd_serve)

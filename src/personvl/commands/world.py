@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-
-def _integer(text: str) -> int:
-    # Only the type is checked here; the world's own validation gives the range and reason.
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    return value
+from personvl.commands.arguments import integer
 
 
 def _add_world_arguments(parser: argparse.ArgumentParser, identities_default: int | None) -> None:
-    parser.add_argument("--identities", type=_integer, default=identities_default, metavar="N",
+    parser.add_argument("--identities", type=integer, default=identities_default, metavar="N",
                         help=f"number of identities (default {identities_default or 2000})")
-    parser.add_argument("--images-per-identity", type=_integer, default=None, metavar="K",
+    parser.add_argument("--images-per-identity", type=integer, default=None, metavar="K",
                         help="images of each identity (default 4)")
-    parser.add_argument("--cameras", type=_integer, default=None, metavar="C",
+    parser.add_argument("--cameras", type=integer, default=None, metavar="C",
                         help="cameras, 2..9 (default 6)")
-    parser.add_argument("--seed", type=_integer, default=None, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--seed", type=integer, default=None, metavar="S", help="random seed (default 0)")
     parser.add_argument("--config", default=None, metavar="YAML",
                         help="world recipe, e.g. configs/synth/default.yaml (arguments override it)")
-    parser.add_argument("--workers", type=_integer, default=None, metavar="W",
+    parser.add_argument("--workers", type=integer, default=None, metavar="W",
                         help="rendering processes (default: one per core, at most 8)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
@@ -68,7 +61,7 @@ def register(commands) -> None:
                     "plots and the world's contact sheet.")
     quick.add_argument("--out", default="personvl-quickstart", metavar="DIR",
                        help="output directory (default: %(default)s)")
-    quick.add_argument("--steps", type=_integer, default=300, metavar="N",
+    quick.add_argument("--steps", type=integer, default=300, metavar="N",
                        help="pre-training steps (default: %(default)s)")
     _add_world_arguments(quick, identities_default=400)
     quick.set_defaults(handler=_cmd_quickstart)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from personvl.errors import UsageError
+from personvl.methods.base import attention_heads, text_and_other_groups
 from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
 from personvl.models import PersonEncoder, TokenBatch
 from personvl.models.heads import ColorizationDecoder, MaskedTokenPredictor
@@ -55,7 +56,7 @@ class PLIPMethod(nn.Module):
         tokenizer = encoder.tokenizer
         self.iap_head = MaskedTokenPredictor(text_dim=encoder.text.width, vocab_size=tokenizer.vocab_size,
                                              image_dim=encoder.embed_dim, map_channels=channels[-1],
-                                             heads=_heads_for(encoder.text.width))
+                                             heads=attention_heads(encoder.text.width))
 
     def forward(self, batch: dict, progress: float, step: int = 0) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -94,15 +95,4 @@ class PLIPMethod(nn.Module):
         return losses
 
     def parameter_groups(self) -> list[dict]:
-        text = list(self.encoder.text.parameters())
-        text_ids = {id(p) for p in text}
-        rest = [p for p in self.parameters() if id(p) not in text_ids]
-        return [{"params": rest, "name": "image+heads"},
-                {"params": text, "lr_scale": self.config.text_lr_scale, "name": "text"}]
-
-
-def _heads_for(width: int) -> int:
-    for heads in (8, 4, 2, 1):
-        if width % heads == 0:
-            return heads
-    return 1
+        return text_and_other_groups(self, self.encoder.text, self.config.text_lr_scale)

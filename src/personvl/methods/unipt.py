@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from personvl.methods.base import attention_heads, text_and_other_groups
 from personvl.methods.text_masking import wordpiece_words
 from personvl.models import PersonEncoder, TokenBatch
 from personvl.models.heads import MaskedTokenPredictor
@@ -36,7 +37,7 @@ class UniPTMethod(nn.Module):
         self.mlm_head = MaskedTokenPredictor(
             text_dim=encoder.text.width, vocab_size=encoder.tokenizer.vocab_size,
             image_dim=encoder.embed_dim if config.mlm_image_conditioned else None,
-            heads=_heads_for(encoder.text.width))
+            heads=attention_heads(encoder.text.width))
 
     def _scale(self) -> torch.Tensor:
         scale = self.encoder.logit_scale if self.encoder.logit_scale is not None else self.logit_scale
@@ -67,11 +68,4 @@ class UniPTMethod(nn.Module):
         return losses
 
     def parameter_groups(self) -> list[dict]:
-        text = list(self.encoder.text.parameters())
-        text_ids = {id(p) for p in text}
-        return [{"params": [p for p in self.parameters() if id(p) not in text_ids], "name": "image+heads"},
-                {"params": text, "lr_scale": self.config.text_lr_scale, "name": "text"}]
-
-
-def _heads_for(width: int) -> int:
-    return next(h for h in (8, 4, 2, 1) if width % h == 0)
+        return text_and_other_groups(self, self.encoder.text, self.config.text_lr_scale)

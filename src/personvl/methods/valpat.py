@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from personvl.methods.base import text_and_other_groups
 from personvl.models import PersonEncoder
 from personvl.objectives import (
     FeatureQueue, attribute_bce_loss, infonce_loss, momentum_contrast_loss, momentum_update,
@@ -101,7 +102,4 @@ class VALPATMethod(nn.Module):
         return losses
 
     def parameter_groups(self) -> list[dict]:
-        text = list(self.encoder.text.parameters())
-        text_ids = {id(p) for p in text}
-        return [{"params": [p for p in self.parameters() if id(p) not in text_ids], "name": "image+heads"},
-                {"params": text, "lr_scale": self.config.text_lr_scale, "name": "text"}]
+        return text_and_other_groups(self, self.encoder.text, self.config.text_lr_scale)
