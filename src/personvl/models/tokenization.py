@@ -116,12 +116,10 @@ def _load_wordpiece(source: str):
     from transformers import BertTokenizer
 
     if source == TINY_VOCAB_SOURCE:
-        # transformers 5 ignores ``vocab_file=``; ``vocab=`` reads the file.
-        tokenizer = BertTokenizer(vocab=str(tiny_vocab_path()), do_lower_case=True)
-        return _checked(tokenizer, source)
+        return _checked(_from_vocab_file(tiny_vocab_path()), source)
     path = Path(source).expanduser()
     if path.is_file():
-        return _checked(BertTokenizer(vocab=str(path), do_lower_case=True), source)
+        return _checked(_from_vocab_file(path), source)
     if path.is_dir():
         if not any((path / name).is_file() for name in BERT_TOKENIZER_FILES):
             raise PersonvlError(f"{path} has no tokenizer: expected vocab.txt or tokenizer.json in it")
@@ -132,6 +130,17 @@ def _load_wordpiece(source: str):
     if _looks_like_path(source):
         raise PersonvlError(f"tokenizer folder {source} does not exist")
     return _checked(_from_hub(source), source)
+
+
+def _from_vocab_file(path: Path):
+    from transformers import BertTokenizer
+
+    try:
+        # transformers 5 silently ignores ``vocab_file=`` (leaving only the 5 special tokens);
+        # ``vocab=`` reads the file.
+        return BertTokenizer(vocab=str(path), do_lower_case=True)
+    except TypeError:   # transformers 4: the file is the required first argument
+        return BertTokenizer(vocab_file=str(path), do_lower_case=True)
 
 
 def _looks_like_path(source: str) -> bool:
