@@ -121,7 +121,8 @@ def compare(ours: dict, baseline: dict) -> str:
     keys = ("R1", "R5", "R10", "mAP", "mINP")
     differences = [abs(ours[k] - baseline[k]) for k in keys]
     differences.append(max(abs(a - b) for a, b in zip(ours["cmc"], baseline["cmc"])))
-    same_count = ours["valid_queries"] == baseline["valid_queries"]
-    verdict = "identical" if max(differences) < 1e-9 and same_count else "DIFFERENT"
     figures = ", ".join(f"{k} {ours[k]:.4f}" for k in keys)
+    if ours["valid_queries"] != baseline["valid_queries"]:
+        return f"{figures} | baseline counted {baseline['valid_queries']} valid queries, personvl {ours['valid_queries']}"
+    verdict = "identical" if max(differences) == 0 else "differ"
     return f"{figures} | baseline {verdict} (max |difference| {max(differences):.1e} points, CMC included)"

@@ -5,8 +5,9 @@ Run: python benchmarks/eval_t2i.py
 6,156 captions x 3,074 images of 1,000 identities, 512-d features (CLIP's width), cosine
 similarity, no camera filtering; features to figures, normalisation and similarity included,
 each side in its own fresh process. Unlike the re-ID benchmark these features are ordinary
-floats, so the two sides' similarities may differ in the last bit (different BLAS summation
-orders); the printed difference shows what that changes.
+floats, so the two sides' float32 similarities may differ in the last bit (NumPy's and torch's
+BLAS sum in different orders), which can swap two nearly equal gallery items; the printed
+difference shows how much that moves the figures.
 """
 
 from __future__ import annotations

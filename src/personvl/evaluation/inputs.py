@@ -111,7 +111,7 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Run torch's CPU operations on the calling thread alone, then restore the thread count.
 
     Ranking and sparse bookkeeping are many short, memory-bound passes. Split across OpenMP
-    threads they gain little on an idle machine, and on a busy one they lose up to ten times:
+    threads they gained about 10% on an idle 2-core machine and lost ten times on a busy one:
     at every barrier one thread spins on the core its partner needs. Matrix products, long
     enough to amortise that, run outside this block with every thread.
     """
