@@ -10,17 +10,7 @@ import scipy.io
 from personvl import PersonvlError
 from personvl.data import load_dataset
 
-
-def touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-
-
-def cell(strings, shape=None):
-    values = np.empty((len(strings), 1) if shape is None else shape, dtype=object)
-    for i, s in enumerate(strings):
-        values.flat[i] = s
-    return values
+from fixture_files import touch, cell
 
 
 PA100K_NAMES = ["Female", "AgeOver60", "Age18-60", "AgeLess18", "Front", "Side", "Back", "Hat", "Glasses", "HandBag",

@@ -10,17 +10,7 @@ import scipy.io
 from personvl import PersonvlError
 from personvl.data import UNLABELLED_PID, dataset_statistics, load_dataset
 
-
-def touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-
-
-def cell(strings):
-    values = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings):
-        values[i, 0] = s
-    return values
+from fixture_files import touch, cell
 
 
 LIP_IDS = {"train": ["77_471474", "100034_483681"], "val": ["10004_1187406"], "test": ["100012_501646", "1_2"]}

@@ -10,10 +10,7 @@ from personvl import PersonvlError
 from personvl.data import load_dataset
 from personvl.data.formats import common
 
-
-def touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
+from fixture_files import touch
 
 
 def cuhk_pedes(root: Path) -> list[dict]:
