@@ -1,6 +1,8 @@
-"""Heads on top of the encoders: colorization decoder, masked-token predictor, BNNeck."""
+"""Heads on top of the encoders: colorization decoder, masked-token predictor, BNNeck,
+segmentation (human parsing)."""
 
 from personvl.models.heads.colorization import ColorizationDecoder
 from personvl.models.heads.masked_tokens import MaskedTokenPredictor
+from personvl.models.heads.segmentation import SegmentationHead
 
-__all__ = ["ColorizationDecoder", "MaskedTokenPredictor"]
+__all__ = ["ColorizationDecoder", "MaskedTokenPredictor", "SegmentationHead"]
