@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "personvl.commands.data",
     "personvl.commands.search",
     "personvl.commands.models",
+    "personvl.commands.finetune",
     "personvl.commands.train",
 )
 

@@ -1,0 +1,62 @@
+"""Model selection never reads test data: only the final evaluation does, once."""
+
+import pytest
+import torch
+
+import personvl.data.loading as loading
+from personvl.tasks import attributes, reid, text_to_image
+
+COMMON = ["trainer.accelerator=cpu", "trainer.progress_bar=false", "data.workers=0", "trainer.max_steps=6",
+          "selection.every_n_steps=2", "evaluation.plots=false", "data.identities_per_batch=4",
+          "data.images_per_identity=2", "trainer.checkpoint_every_n_steps=3"]
+TEST_SPLITS = {"t2i": {"test"}, "attributes": {"test"}, "reid": {"query", "gallery"}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("task, module, folder, expected_val", [
+    ("t2i", text_to_image, "cuhk-pedes", "val"),
+    ("attributes", attributes, "pa100k", "val"),
+    ("reid", reid, "market1501", None),
+])
+def test_selection_reads_no_test_split(small_world, tmp_path, monkeypatch, task, module, folder, expected_val):
+    world, _ = small_world
+    reads = []          # (phase, split) of every split a dataset reader parses
+    phase = ["training"]
+    original_get_format = loading.get_format
+
+    class RecordingFormat:
+        def __init__(self, wrapped):
+            self._wrapped = wrapped
+
+        def __getattr__(self, name):
+            return getattr(self._wrapped, name)
+
+        def read(self, root, split, **options):
+            reads.append((phase[0], split))
+            return self._wrapped.read(root, split, **options)
+
+    monkeypatch.setattr(loading, "get_format", lambda name: RecordingFormat(original_get_format(name)))
+    final_evaluate = module.evaluate
+
+    def evaluate_after_training(*args, **kwargs):
+        phase[0] = "final"
+        return final_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate", evaluate_after_training)
+    summary = module.finetune(None, [f"output_dir={tmp_path / task}", f"data.root={world / folder}", *COMMON])
+
+    training = {split for when, split in reads if when == "training"}
+    final = [split for when, split in reads if when == "final"]
+    assert not training & TEST_SPLITS[task], reads
+    assert "train" in training
+    assert summary["selection"]["split"] == expected_val
+    if expected_val:
+        assert expected_val in training and len(summary["selection"]["history"]) == 3   # steps 2, 4, 6
+    assert set(final) == TEST_SPLITS[task] and len(final) == len(TEST_SPLITS[task])     # read once, at the end
