@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "personvl.commands.search",
     "personvl.commands.models",
     "personvl.commands.finetune",
+    "personvl.commands.caption",
     "personvl.commands.train",
 )
 
