@@ -3,7 +3,9 @@
 Single process on CPU or GPU, multi-GPU or multi-node DDP through Lightning (``trainer.devices``,
 ``trainer.num_nodes``, ``trainer.strategy=ddp``; launched by torchrun or SLURM), mixed
 precision, gradient accumulation and clipping, warm-up + cosine schedule, per-module learning
-rates. The run directory holds the resolved ``config.yaml``, ``checkpoints/`` (atomic, the last
+rates. The data is a dataset split read through ``load_dataset`` (identity-aware P x K batches)
+or, at scales a folder walk does not suit, a shard folder streamed with ``data.dataset: shards``
+(plain shuffled batches; see ``PretrainData``). The run directory holds the resolved ``config.yaml``, ``checkpoints/`` (atomic, the last
 K plus ``last.ckpt``), CSV and TensorBoard logs, and the trained encoder as ``model/``
 (``create_model(..., weights=run/model)`` or ``load_model(run/model)`` reads it).
 """
@@ -28,17 +30,18 @@ from personvl.methods.registry import METHODS, build_method
 from personvl.methods.unipt import UniPTConfig
 from personvl.methods.valpat import VALPATConfig
 from personvl.training.optim import OptimConfig
-from personvl.training.resumable import ResumableDataLoader
+from personvl.training.resumable import ResumableDataLoader, ResumableStreamLoader
 from personvl.training.task import TrainingTask
 from personvl.training.trainer import TrainerConfig, build_trainer, latest_checkpoint
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "summary.json"
+SHARDS = "shards"
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "cuhk-pedes"
+    dataset: str = "cuhk-pedes"        # any load_dataset name, or "shards": root is a shard folder
     root: str = ""
     split: str = "train"
     identities_per_batch: int = 8      # P: identity-aware batches of P x K images
@@ -46,6 +49,9 @@ class DataConfig:
     workers: int = 2
     transform: str = "plip"            # augmentation recipe; size and normalisation follow the model
     skip_missing: bool = False
+    batch_size: int = 0                # shards: images per batch (0: P x K)
+    samples_per_epoch: int = 0         # shards: samples an epoch over all ranks (0: the split's size)
+    shuffle_buffer: int = 1000         # shards: samples shuffled together as they stream in
 
 
 @dataclass
@@ -53,6 +59,7 @@ class ModelSpec:
     name: str = "tiny-plip-rn50"
     weights: str | None = None
     tokenizer: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)   # the architecture's options (create_model)
 
 
 @dataclass
@@ -96,8 +103,19 @@ def collate_pretraining(samples):
 
 
 class PretrainData(pl.LightningDataModule):
-    """Identity-aware P x K batches of one dataset split; the sampler is built in
-    ``train_dataloader`` so that under DDP it sees its rank."""
+    """The training batches of one split; the loader is built in ``train_dataloader`` so that
+    under DDP it sees its rank.
+
+    From records (any ``load_dataset`` split): identity-aware P x K batches, exact resume at any
+    step. From a shard folder (``records`` None, ``data.dataset: shards``): a stream cannot be
+    grouped by identity, so batches are ``data.batch_size`` images as the shuffle buffer
+    delivers them, whatever their identities (PLIP's and UniPT's identity-aware losses take any
+    layout; an identity may have a single image in a batch). Every rank reads
+    ``data.samples_per_epoch`` / world size samples an epoch, so DDP ranks take equal steps.
+    Resume from shards is exact at epoch boundaries and, with the same ranks, workers and batch
+    size, mid-epoch too, at the cost of reading again the part of the epoch already trained
+    (``ResumableStreamLoader``).
+    """
 
     def __init__(self, config: DataConfig, records, transform, tokenizer, seed: int):
         super().__init__()
@@ -107,7 +125,9 @@ class PretrainData(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.seed = seed
 
-    def train_dataloader(self) -> ResumableDataLoader:
+    def train_dataloader(self) -> ResumableDataLoader | ResumableStreamLoader:
+        if self.records is None:
+            return self._shard_loader()
         from personvl.data.datasets import PersonImageDataset
         from personvl.data.samplers import IdentitySampler
 
@@ -119,11 +139,64 @@ class PretrainData(pl.LightningDataModule):
         return ResumableDataLoader(dataset, batches, num_workers=cfg.workers, collate_fn=collate_pretraining,
                                    persistent_workers=cfg.workers > 0)
 
+    def _shard_loader(self) -> ResumableStreamLoader:
+        from personvl.data.datasets import ShardImageDataset
+
+        cfg = self.config
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        samples = cfg.samples_per_epoch or shard_split_size(cfg)
+        batch_size = cfg.batch_size or cfg.identities_per_batch * cfg.images_per_identity
+        dataset = ShardImageDataset(cfg.root, cfg.split, self.transform, CaptionTokenizer(self.tokenizer),
+                                    seed=self.seed, shuffle_buffer=cfg.shuffle_buffer, samples_per_epoch=samples,
+                                    rank=rank, world_size=world_size)
+        readers = world_size * max(1, cfg.workers)
+        if len(dataset.files) < readers:
+            raise UsageError(f"{cfg.root}: {len(dataset.files)} {cfg.split} shard(s) cannot feed {world_size} rank(s) x "
+                             f"{max(1, cfg.workers)} loader worker(s); write smaller shards or set fewer data.workers")
+        per_reader = samples // readers
+        if per_reader < batch_size:
+            raise UsageError(f"data.batch_size={batch_size} exceeds the {per_reader} samples each of {world_size} rank(s) x "
+                             f"{max(1, cfg.workers)} loader worker(s) reads an epoch; lower it or raise data.samples_per_epoch")
+        batches = max(1, cfg.workers) * (per_reader // batch_size)
+        return ResumableStreamLoader(dataset, batch_size, batches, num_workers=cfg.workers,
+                                     collate_fn=collate_pretraining, persistent_workers=cfg.workers > 0)
+
+
+def shard_split_size(config: DataConfig) -> int:
+    """Samples of ``config.split`` in the shard folder ``config.root``, from its manifest."""
+    from personvl.data.shards import read_manifest, shard_files
+
+    manifest = read_manifest(config.root)
+    shard_files(config.root, config.split, manifest)   # a clear error for a split the folder lacks
+    return int(manifest["splits"][config.split]["samples"])
+
+
+def _training_split(config: DataConfig):
+    """(records or None for shards, image count, attribute names, attributes' positive ratios)."""
+    from personvl.data import load_dataset
+
+    if config.dataset == SHARDS:
+        from personvl.data.shards import read_manifest
+
+        size = shard_split_size(config)
+        if not size:
+            raise PersonvlError(f"the shard folder {config.root} has no {config.split} samples")
+        # Positive ratios would take a pass over every shard: the attribute loss weighs all alike.
+        return None, size, read_manifest(config.root).get("attribute_names") or [], None
+    records = load_dataset(config.dataset, config.root, config.split, skip_missing=config.skip_missing)
+    if not records:
+        raise PersonvlError(f"{config.dataset} at {config.root} has no {config.split} records")
+    attribute_names = getattr(records, "attribute_names", None) or []
+    ratio = None
+    if attribute_names:
+        labelled = [r.attributes for r in records if r.attributes is not None]
+        ratio = torch.tensor(labelled, dtype=torch.float32).mean(dim=0).clamp(1e-3, 1 - 1e-3) if labelled else None
+    return records, len(records), attribute_names, ratio
+
 
 def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
              echo=print) -> dict[str, Any]:
     """Run a pre-training recipe; returns the run summary (also in ``output_dir/summary.json``)."""
-    from personvl.data import load_dataset
     from personvl.data.transforms import build_transform
     from personvl.models import create_model, save_model
 
@@ -139,19 +212,12 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
     save_config(config, out)
 
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    encoder = create_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer).train()
-    records = load_dataset(config.data.dataset, config.data.root, config.data.split,
-                           skip_missing=config.data.skip_missing)
-    if not records:
-        raise PersonvlError(f"{config.data.dataset} at {config.data.root} has no {config.data.split} records")
+    encoder = create_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
+                           **config.model.options).train()
+    records, size, attribute_names, ratio = _training_split(config.data)
     preprocess = encoder.config.preprocess
     transform = build_transform(config.data.transform, train=True, height=preprocess.input_size[0], width=preprocess.input_size[1],
                                 mean=tuple(preprocess.mean), std=tuple(preprocess.std))
-    attribute_names = getattr(records, "attribute_names", None) or []
-    ratio = None
-    if attribute_names:
-        labelled = [r.attributes for r in records if r.attributes is not None]
-        ratio = torch.tensor(labelled, dtype=torch.float32).mean(dim=0).clamp(1e-3, 1 - 1e-3) if labelled else None
     section = getattr(config, config.method)
     method = build_method(config.method, encoder, section, attribute_count=len(attribute_names),
                           attribute_positive_ratio=ratio)
@@ -159,8 +225,9 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
                         seed=config.trainer.seed)
     data = PretrainData(config.data, records, transform, encoder.tokenizer, config.trainer.seed)
     trainer = build_trainer(config.trainer, out)
-    echo(f"pre-training {config.method} ({config.model.name}) on {len(records)} {config.data.dataset} "
-         f"{config.data.split} images for {config.trainer.max_steps} steps -> {out}")
+    source = f"shards in {config.data.root}" if records is None else config.data.dataset
+    echo(f"pre-training {config.method} ({config.model.name}) on {size} {config.data.split} images ({source}) "
+         f"for {config.trainer.max_steps} steps -> {out}")
     trainer.fit(task, datamodule=data, ckpt_path=checkpoint)
 
     summary: dict[str, Any] = {"method": config.method, "model": config.model.name, "steps": trainer.global_step,

@@ -9,7 +9,7 @@ import torch
 
 from personvl.errors import PersonvlError
 from personvl.training.optim import OptimConfig, build_optimizer, warmup_cosine
-from personvl.training.resumable import ResumableDataLoader
+from personvl.training.resumable import ResumableDataLoader, ResumableStreamLoader
 
 
 class TrainingTask(pl.LightningModule):
@@ -31,7 +31,7 @@ class TrainingTask(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int):
         loader = self.trainer.train_dataloader if self._trainer is not None else None
-        if isinstance(loader, ResumableDataLoader):
+        if isinstance(loader, (ResumableDataLoader, ResumableStreamLoader)):
             loader.batches_trained += 1
         # Lightning's checkpoints do not hold the random state; seeding every step from the step
         # number makes dropout (and any draw in the method) the same after a resume.
