@@ -59,6 +59,18 @@ def main() -> None:
                      [f"output_dir={out / 'pretrain'}", f"data.root={world / 'cuhk-pedes'}",
                       f"trainer.max_steps={args.pretrain_steps}", "trainer.checkpoint_every_n_steps=1000", *QUIET])
 
+    # Random initialisation of the very architecture that was pre-trained (its sizes and options
+    # live in the saved config), written as a model folder so both starts load the same way.
+    random_init = out / "random_init"
+    if not (random_init / "config.json").exists():
+        from personvl.models import save_model
+        from personvl.models.checkpoints import read_model_document
+        from personvl.models.config import ModelConfig
+        from personvl.models.encoder import PersonEncoder
+
+        torch.manual_seed(args.seed)
+        save_model(PersonEncoder(ModelConfig.from_dict(read_model_document(Path(pretrained)))), random_init)
+
     rows = []
     encoder = open_model(pretrained)
     zero_t2i = evaluate_task("t2i", encoder, "cuhk-pedes", world / "cuhk-pedes")
@@ -75,7 +87,7 @@ def main() -> None:
     ]
     for task, setting, config, folder, extra, main_metric, second in recipes:
         figures = {}
-        for start, model in (("random", "tiny-plip-rn50"), ("pretrained", pretrained)):
+        for start, model in (("random", str(random_init)), ("pretrained", pretrained)):
             name = f"{task}_{setting.split()[0]}_{start}".replace("-", "")
             run = out / "runs" / name
             summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else \

@@ -93,6 +93,40 @@ def test_plip_text_tower_trains_only_the_last_layers_unless_told():
     assert all(p.requires_grad for p in unfrozen.text.parameters())
 
 
+def test_plip_sizes_and_text_pooling_are_options_that_survive_a_save(tmp_path):
+    from personvl.models import load_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny-plip-rn50", image_width=16, text_width=64, text_pooling="max", frozen_text_layers=0)
+    assert model.embed_dim == 64 and model.text.width == 64 and model.text.pooling == "max"
+    assert model.text.bert.config.intermediate_size == 128      # the tiny BERT's 2x feed-forward ratio kept
+    assert model.visual.conv1.out_channels == 8                 # the stem has half the base width
+    assert not hasattr(model.text.bert, "pooler") or model.text.bert.pooler is None
+    reloaded = load_model(save_model(model, tmp_path / "model"))
+    assert reloaded.config.overrides == {"image_width": 16, "text_width": 64, "text_pooling": "max",
+                                         "frozen_text_layers": 0}
+    captions = ["a man in a red coat", "a woman carrying a backpack"]
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(captions), reloaded.encode_text(captions))
+    with pytest.raises(UsageError, match="text_width must be a positive multiple of the 2 attention heads, got 63"):
+        create_model("tiny-plip-rn50", text_width=63)
+    with pytest.raises(UsageError, match="image_width must be an even number"):
+        create_model("tiny-plip-rn50", image_width=7)
+
+
+def test_tiny_vocabulary_holds_every_word_of_the_synthetic_captions(small_world):
+    import re
+
+    from personvl.data import load_dataset
+
+    world_dir, _ = small_world
+    tokenizer = create_model("tiny-plip-rn50").tokenizer.hf
+    words = {w for r in load_dataset("cuhk-pedes", world_dir / "cuhk-pedes", "train") for c in r.captions
+             for w in re.findall(r"[a-z]+", c.lower())}
+    split = sorted(w for w in words if len(tokenizer.tokenize(w)) > 1)
+    assert split == []
+
+
 def test_quick_gelu_option_switches_the_activation_of_both_towers():
     model = create_model("tiny-clip-vitb16", quick_gelu=True)
     assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)

@@ -29,6 +29,15 @@ def _tiny_bert() -> dict[str, Any]:
                 intermediate_size=64, max_position_embeddings=128)
 
 
+def _bert_of_width(bert: dict[str, Any], hidden_size: int) -> dict[str, Any]:
+    """``bert`` with another hidden size; the feed-forward width keeps its ratio."""
+    heads = bert["num_attention_heads"]
+    if hidden_size < heads or hidden_size % heads:
+        raise ValueError(f"text_width must be a positive multiple of the {heads} attention heads, got {hidden_size}")
+    ratio = bert["intermediate_size"] // bert["hidden_size"]
+    return dict(bert, hidden_size=hidden_size, intermediate_size=ratio * hidden_size)
+
+
 def _size(image_size: Sequence[int] | int | None, default: tuple[int, int]) -> tuple[int, int]:
     if image_size is None:
         return default
@@ -62,16 +71,27 @@ def _vit(tiny: bool, image_size, output_dim: int, patch_stride: int, pool: str, 
 
 
 def plip_rn50(tiny: bool, *, image_size: Sequence[int] | None = None, frozen_text_layers: int | None = None,
-              text_length: int = 64) -> ModelConfig:
+              text_length: int = 64, text_pooling: str = "pooler", image_width: int | None = None,
+              text_width: int | None = None) -> ModelConfig:
     """PLIP: CLIP's ModifiedResNet-50 with an 8-head attention pool to 768-d at 256x128, and
-    BERT-base whose pooler output is the text embedding (layers 0-7 frozen)."""
+    BERT-base whose pooler output is the text embedding (layers 0-7 frozen).
+
+    ``image_width`` (the ResNet's base width) and ``text_width`` (BERT's hidden size) size a
+    model trained from scratch; ``text_pooling`` is ``pooler``, ``cls`` or ``max``. A randomly
+    initialised small BERT learns far sooner with ``max`` pooling and no frozen layers: its
+    [CLS] pooler gives nearly the same embedding to every caption for hundreds of steps."""
     size = _size(image_size, (128, 64) if tiny else (256, 128))
     bert = _tiny_bert() if tiny else BERT_BASE
+    if text_width is not None:
+        bert = _bert_of_width(bert, text_width)
     width = bert["hidden_size"]
-    image = dict(type="modified_resnet", layers=(1, 1, 1, 1) if tiny else (3, 4, 6, 3), width=8 if tiny else 64,
+    base_width = image_width if image_width is not None else (8 if tiny else 64)
+    if base_width < 2 or base_width % 2:
+        raise ValueError(f"image_width must be an even number of at least 2, got {base_width}")
+    image = dict(type="modified_resnet", layers=(1, 1, 1, 1) if tiny else (3, 4, 6, 3), width=base_width,
                  heads=2 if tiny else 8, output_dim=width, image_size=size)
     frozen = (1 if tiny else 8) if frozen_text_layers is None else frozen_text_layers
-    text = dict(type="bert", bert=bert, pooling="pooler", output_dim=None, frozen_layers=frozen)
+    text = dict(type="bert", bert=bert, pooling=text_pooling, output_dim=None, frozen_layers=frozen)
     return ModelConfig("", width, image, text, PreprocessConfig(size, PLIP_MEAN, PLIP_STD),
                        _bert_tokenizer(tiny, text_length))
 
