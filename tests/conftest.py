@@ -12,3 +12,14 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "w"
     world = generate_world(out, workers=2, progress=False, preview=True, **SMALL_WORLD)
     return out, world
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Runs a test with one intra-op torch thread, restoring the count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

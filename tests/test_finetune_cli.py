@@ -4,17 +4,12 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from personvl.commands import finetune as commands
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: two threads on two shared cores spend more time waiting than computing.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(argv):

@@ -23,13 +23,8 @@ QUIET = ["trainer.progress_bar=false"]
 LIP_TO_PASCAL = np.array([0, 1, 1, 4, 1, 2, 2, 2, 6, 5, 2, 2, 5, 1, 3, 3, 6, 6, 6, 6], dtype=np.uint8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on two shared cores spend more time waiting than computing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: two threads on two shared cores spend more time waiting than computing.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def majority_class_miou(dataset, root, split):

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from personvl.data import load_dataset
@@ -18,13 +17,8 @@ CONFIG = "configs/finetune/search_tiny.yaml"
 FAST = ["trainer.progress_bar=false", "evaluation.plot_queries=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on two shared cores spend more time waiting than computing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: two threads on two shared cores spend more time waiting than computing.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

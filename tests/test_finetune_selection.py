@@ -1,7 +1,6 @@
 """Model selection never reads test data: only the final evaluation does, once."""
 
 import pytest
-import torch
 
 import personvl.data.loading as loading
 from personvl.tasks import attributes, reid, text_to_image
@@ -12,12 +11,8 @@ COMMON = ["trainer.accelerator=cpu", "trainer.progress_bar=false", "data.workers
 TEST_SPLITS = {"t2i": {"test"}, "attributes": {"test"}, "reid": {"query", "gallery"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: two threads on two shared cores spend more time waiting than computing.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("task, module, folder, expected_val", [

@@ -17,13 +17,8 @@ COMMON = ["trainer.accelerator=cpu", "trainer.progress_bar=false", "data.workers
           "trainer.checkpoint_every_n_steps=10"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by several processes: one intra-op thread per process is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: two threads on two shared cores spend more time waiting than computing.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_ranking(metric_fn, repeats=64, seed=0):
