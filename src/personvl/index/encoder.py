@@ -91,9 +91,14 @@ def probe_image() -> Image.Image:
 class Encoder:
     """Runs a model's image and text towers without gradients, returning float32 unit rows."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, attribute_predictor: Callable[[torch.Tensor], list[dict[str, float]]] | None = None
+                 ) -> None:
         self.model = model
         self.transform: Callable[[Image.Image], torch.Tensor] = model.image_transform
+        # A model folder from attribute fine-tuning carries its head beside the encoder.
+        if attribute_predictor is None and callable(getattr(model, "predict_attributes", None)):
+            attribute_predictor = model.predict_attributes
+        self.attribute_predictor = attribute_predictor
 
     def image_tensor(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
@@ -111,14 +116,14 @@ class Encoder:
 
     @property
     def has_attribute_head(self) -> bool:
-        return callable(getattr(self.model, "predict_attributes", None))
+        return self.attribute_predictor is not None
 
     @torch.inference_mode()
     def predict_attributes(self, tensors: Sequence[torch.Tensor]) -> list[dict[str, float]]:
         """Per image, attribute name -> probability, from the model's attribute head."""
-        if not self.has_attribute_head:
+        if self.attribute_predictor is None:
             raise PersonvlError("this model has no attribute head")
-        return self.model.predict_attributes(torch.stack(list(tensors)))
+        return self.attribute_predictor(torch.stack(list(tensors)))
 
     def probe(self) -> dict[str, list[float]]:
         """The model's embeddings of the fixed probe text and image."""

@@ -95,7 +95,13 @@ class GalleryIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._adopt(Encoder(load_referenced_model(self.model_reference)))
+            model = load_referenced_model(self.model_reference)
+            predictor = None
+            if "path" in self.model_reference:
+                from personvl.tasks.attributes import load_attribute_predictor
+
+                predictor = load_attribute_predictor(self.model_reference["path"], encoder=model)
+            self._adopt(Encoder(model, predictor))
         return self._encoder
 
     def _adopt(self, encoder: Encoder) -> None:

@@ -162,6 +162,36 @@ def _head_from(head: Any, dim: int, count: int) -> AttributeHead | None:
     return module.eval()
 
 
+class AttributePredictor:
+    """A fine-tuned encoder's attribute head: image batches -> attribute name -> probability."""
+
+    def __init__(self, encoder, head: AttributeHead, names: Sequence[str]):
+        if len(names) != head.logits.out_features:
+            names = [f"attribute_{i}" for i in range(head.logits.out_features)]
+        self.encoder, self.head, self.names = encoder.eval(), head.eval(), list(names)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> list[dict[str, float]]:
+        probabilities = torch.sigmoid(self.head(self.encoder.encode_image(images))).tolist()
+        return [dict(zip(self.names, row)) for row in probabilities]
+
+
+def load_attribute_predictor(model_dir: str | os.PathLike, encoder=None) -> AttributePredictor | None:
+    """The attribute predictor of a model folder written by attribute fine-tuning (or a linear
+    probe), or None when the folder holds no attribute head. ``encoder``: the folder's encoder
+    when already loaded."""
+    from personvl.models import load_model
+
+    found = read_task_head(model_dir, TASK)
+    if found is None:
+        return None
+    settings, weights = found
+    head = AttributeHead(int(settings["dim"]), int(settings["attributes"]))
+    head.load_state_dict(weights)
+    return AttributePredictor(encoder if encoder is not None else load_model(model_dir), head,
+                              settings.get("names") or [])
+
+
 def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test", head: Any = None,
              batch_size: int = 64, plots_dir: str | os.PathLike | None = None, probe: ProbeConfig | None = None,
              dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -261,8 +291,10 @@ def finetune(config: AttributeConfig | str | os.PathLike, overrides: Sequence[st
                                        config.evaluation.batch_size, config.trainer.seed, config.loss.weighted)
         steps = config.probe.steps
     save_model(encoder, out / MODEL_DIR)
+    named = train if config.mode == "finetune" else read_split(config.data, config.data.train_split)
     save_task_head(out / MODEL_DIR, TASK, head, {"kind": "classifier", "dim": encoder.embed_dim,
-                                                 "attributes": head.logits.out_features})
+                                                 "attributes": head.logits.out_features,
+                                                 "names": list(getattr(named, "attribute_names", None) or [])})
     dataset_name, root, cross = evaluation_place(config)
     metrics = evaluate(encoder, dataset_name, root, split=config.evaluation.split, head=head,
                        batch_size=config.evaluation.batch_size, plots_dir=out if config.evaluation.plots else None,
