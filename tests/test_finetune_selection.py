@@ -55,3 +55,19 @@ def test_selection_reads_no_test_split(small_world, tmp_path, monkeypatch, task,
     if expected_val:
         assert expected_val in training and len(summary["selection"]["history"]) == 3   # steps 2, 4, 6
     assert set(final) == TEST_SPLITS[task] and len(final) == len(TEST_SPLITS[task])     # read once, at the end
+
+
+def test_a_run_scored_only_at_its_end_logs_the_score(small_world, tmp_path):
+    """Without periodic selection the single score is taken as training ends, where Lightning
+    forbids self.log(); the score must still reach the logs and the selection history."""
+    import csv
+
+    world, _ = small_world
+    overrides = [o for o in COMMON if not o.startswith(("selection.", "trainer.max_steps"))]
+    summary = attributes.finetune(None, [f"output_dir={tmp_path / 'run'}", f"data.root={world / 'pa100k'}",
+                                         "trainer.max_steps=3", *overrides])
+    assert [entry["step"] for entry in summary["selection"]["history"]] == [3]
+    with (tmp_path / "run" / "logs" / "metrics.csv").open() as handle:
+        logged = [row for row in csv.DictReader(handle) if row.get("val/mA")]
+    assert [int(row["step"]) for row in logged] == [3]
+    assert float(logged[0]["val/mA"]) == pytest.approx(summary["selection"]["history"][0]["mA"], abs=1e-4)

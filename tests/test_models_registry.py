@@ -175,3 +175,14 @@ def test_describe_model_counts_parameters_of_the_built_model():
     assert summary.parameters == sum(p.numel() for p in model.parameters())
     assert summary.input_size == (128, 64) and summary.embed_dim == 32
     assert "official PLIP checkpoint (PLIP_RN50.pth.tar)" in describe_model("plip-rn50").weights
+
+
+def test_open_model_passes_options_to_a_name_and_refuses_them_for_a_folder(tmp_path):
+    from personvl.models import open_model, save_model
+
+    model = open_model("tiny-plip-rn50", text_pooling="max", text_width=64)
+    assert model.text.pooling == "max" and model.embed_dim == 64
+    folder = save_model(model, tmp_path / "model")
+    assert open_model(folder).text.pooling == "max"
+    with pytest.raises(UsageError, match="its architecture is fixed, so options \\(text_width\\) do not apply"):
+        open_model(folder, text_width=32)

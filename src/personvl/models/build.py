@@ -42,13 +42,16 @@ def create_model(name: str, weights: Weights | None = None, *,
 
 def open_model(model: str | os.PathLike, weights: Weights | None = None, *,
                tokenizer: str | os.PathLike | TextTokenizer | None = None,
-               device: str | torch.device | None = None) -> PersonEncoder:
-    """A saved model folder (``load_model``) or a registered name (``create_model``): what a
-    command line's MODEL argument means."""
+               device: str | torch.device | None = None, **overrides: Any) -> PersonEncoder:
+    """A saved model folder (``load_model``) or a registered name (``create_model``, with the
+    architecture's ``overrides``): what a command line's MODEL argument means."""
     if Path(model).is_dir():
         if weights is not None:
             raise UsageError(f"{model} is a saved model folder: it brings its own weights")
+        if overrides:
+            raise UsageError(f"{model} is a saved model folder: its architecture is fixed, "
+                             f"so options ({', '.join(sorted(overrides))}) do not apply")
         return load_model(model, tokenizer=tokenizer, device=device)
     if "/" in str(model) or os.sep in str(model):   # model names never contain one
         raise UsageError(f"model folder {model} does not exist")
-    return create_model(str(model), weights, tokenizer=tokenizer, device=device)
+    return create_model(str(model), weights, tokenizer=tokenizer, device=device, **overrides)

@@ -76,6 +76,7 @@ class ModelSource:
     name: str = "tiny-plip-rn50"       # a registered architecture or a saved model folder
     weights: str | None = None
     tokenizer: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)   # a registered architecture's options
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _plain(value: Any) -> Any:
 def open_encoder(spec: ModelSource):
     from personvl.models import open_model
 
-    return open_model(spec.name, spec.weights, tokenizer=spec.tokenizer)
+    return open_model(spec.name, spec.weights, tokenizer=spec.tokenizer, **spec.options)
 
 
 def model_transform(encoder, recipe: str, train: bool):
@@ -311,7 +312,10 @@ class SelectOnValidation(Callback):
         finally:
             method.train(was_training)
         self.history.record(step, metrics, method)
-        pl_module.log(f"val/{self.history.metric}", float(metrics[self.history.metric]))
+        # Straight to the loggers: Lightning refuses self.log() in on_train_end, where the
+        # last score of a run whose length is not a multiple of every_n_steps is taken.
+        for logger in trainer.loggers:
+            logger.log_metrics({f"val/{self.history.metric}": float(metrics[self.history.metric])}, step=step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
