@@ -116,7 +116,7 @@ def main() -> None:
             scale = spec["queries"] / subset
             print(f"  figures on the first {subset:,} queries: "
                   f"{common.compare(ours_subset['metrics'], baseline['metrics'])}")
-            print(f"  all queries: " + ", ".join(f"{k} {ours['metrics'][k]:.4f}" for k in ("R1", "mAP", "mINP")))
+            print("  all queries: " + ", ".join(f"{k} {ours['metrics'][k]:.4f}" for k in ("R1", "mAP", "mINP")))
             base_distances = baseline["metrics"]["distance_seconds"]
             print(line(f"NumPy baseline, {subset:,} queries", baseline, base_distances))
             print(line(f"  extrapolated to {spec['queries']:,}", baseline, base_distances, scale))

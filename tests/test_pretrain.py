@@ -9,7 +9,7 @@ from personvl.cli import main
 from personvl.errors import PersonvlError, UsageError
 from personvl.methods.plip import PLIPConfig, PLIPMethod
 from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
-from personvl.models import TokenBatch, create_model, load_model
+from personvl.models import create_model, load_model
 from personvl.training.pretrain import load_pretrain_config, pretrain
 
 COMMON = ["trainer.accelerator=cpu", "trainer.progress_bar=false", "data.workers=0",

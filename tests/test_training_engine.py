@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from personvl.errors import PersonvlError, UsageError
+from personvl.errors import UsageError
 from personvl.training.optim import OptimConfig, build_optimizer, warmup_cosine
 
 TOY = textwrap.dedent('''

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from personvl.config import save_config
 from personvl.errors import PersonvlError, UsageError
-from personvl.training.trainer import CHECKPOINT_DIR, latest_checkpoint
+from personvl.training.trainer import CHECKPOINT_DIR
+from personvl.training.trainer import start_run as start_training_run
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "summary.json"
@@ -97,16 +97,7 @@ class ProbeConfig:
 def start_run(config: Any, resume: bool) -> tuple[Path, Path | None]:
     """Check ``config.output_dir`` against ``resume`` and write the resolved config; returns the
     directory and the checkpoint to resume from."""
-    out = Path(config.output_dir)
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None and resume:
-        raise PersonvlError(f"nothing to resume: no {out}/{CHECKPOINT_DIR}/last.ckpt")
-    if checkpoint is None and (out / SUMMARY_FILE).exists():
-        raise PersonvlError(f"{out} already holds a finished run; choose another output_dir")
-    if checkpoint is not None and not resume:
-        raise PersonvlError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
-    save_config(config, out)
-    return out, checkpoint
+    return start_training_run(config, resume, SUMMARY_FILE)
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:

@@ -37,13 +37,13 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from personvl.config import load_config, save_config
+from personvl.config import load_config
 from personvl.errors import PersonvlError, UsageError
 from personvl.training.optim import OptimConfig
 from personvl.training.pretrain import ModelSpec
 from personvl.training.resumable import ResumableDataLoader
 from personvl.training.task import TrainingTask
-from personvl.training.trainer import TrainerConfig, build_trainer, latest_checkpoint
+from personvl.training.trainer import TrainerConfig, build_trainer, start_run
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "summary.json"
@@ -458,13 +458,7 @@ def finetune(config: ParsingConfig | str | os.PathLike, overrides: Sequence[str]
     if not isinstance(config, ParsingConfig):
         config = load_parsing_config(config, overrides)
     started = time.perf_counter()
-    out = Path(config.output_dir)
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None and resume:
-        raise PersonvlError(f"nothing to resume: no {out}/checkpoints/last.ckpt")
-    if checkpoint is not None and not resume:
-        raise PersonvlError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
-    save_config(config, out)
+    out, checkpoint = start_run(config, resume)
     data = config.data
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
 

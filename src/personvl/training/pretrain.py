@@ -16,14 +16,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import BatchSampler
 
-from personvl.config import load_config, save_config
+from personvl.config import load_config
 from personvl.errors import PersonvlError, UsageError
 from personvl.methods.plip import PLIPConfig
 from personvl.methods.registry import METHODS, build_method
@@ -32,7 +31,7 @@ from personvl.methods.valpat import VALPATConfig
 from personvl.training.optim import OptimConfig
 from personvl.training.resumable import ResumableDataLoader, ResumableStreamLoader
 from personvl.training.task import TrainingTask
-from personvl.training.trainer import TrainerConfig, build_trainer, latest_checkpoint
+from personvl.training.trainer import TrainerConfig, build_trainer, start_run
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "summary.json"
@@ -203,13 +202,7 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
     if not isinstance(config, PretrainConfig):
         config = load_pretrain_config(config, overrides)
     started = time.perf_counter()
-    out = Path(config.output_dir)
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is None and resume:
-        raise PersonvlError(f"nothing to resume: no {out}/checkpoints/last.ckpt")
-    if checkpoint is not None and not resume:
-        raise PersonvlError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
-    save_config(config, out)
+    out, checkpoint = start_run(config, resume)
 
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     encoder = create_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,

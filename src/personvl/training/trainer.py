@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from personvl.errors import PersonvlError
 from personvl.training.checkpointing import AtomicCheckpointIO
 
 CHECKPOINT_DIR = "checkpoints"
@@ -76,3 +78,21 @@ def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     path = Path(out_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
     return path if path.exists() else None
+
+
+def start_run(config: Any, resume: bool, summary_file: str = "summary.json") -> tuple[Path, Path | None]:
+    """Check ``config.output_dir`` against ``resume`` and write the resolved config beside the
+    run; returns the run directory and the checkpoint to resume from (None for a new run).
+    A directory holding a run is never silently overwritten."""
+    from personvl.config import save_config
+
+    out = Path(config.output_dir)
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None and resume:
+        raise PersonvlError(f"nothing to resume: no {out}/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")
+    if checkpoint is None and (out / summary_file).exists():
+        raise PersonvlError(f"{out} already holds a finished run; choose another output_dir")
+    if checkpoint is not None and not resume:
+        raise PersonvlError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
+    save_config(config, out)
+    return out, checkpoint

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from personvl.data.synth import appearance as appearance_sampling
 from personvl.data.synth import captions as caption_grammar
 from personvl.data.synth import vocabulary as vocab
 from personvl.data.synth.render import CameraStyle, ShotSpec, camera_style, render_shot
-from personvl.data.synth.scenes import ScenePerson, SceneSpec, layout_people, render_scene, scene_boxes
+from personvl.data.synth.scenes import SceneSpec, layout_people, render_scene, scene_boxes
 from personvl.data.synth.parallel import default_workers, run_parallel
 from personvl.data.synth.shots import hidden_parts, identity_cameras, sample_shot
 from personvl.errors import PersonvlError, UsageError
