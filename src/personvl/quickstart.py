@@ -26,18 +26,21 @@ QUICKSTART_IDENTITIES = 1500
 QUICKSTART_TEST_FRACTION = 0.2
 QUICKSTART_MODEL = "tiny-plip-rn50"
 # Sized to learn from scratch on a CPU in minutes (see plip_rn50 in personvl.models.architectures).
-QUICKSTART_MODEL_OPTIONS = {"image_width": 16, "text_width": 64, "text_pooling": "max", "frozen_text_layers": 0}
+# 64x32 pictures keep every colour the captions name and leave time for twice the steps.
+QUICKSTART_MODEL_OPTIONS = {"image_width": 16, "text_width": 64, "text_pooling": "max", "frozen_text_layers": 0,
+                            "image_size": [64, 32]}
+QUICKSTART_IDENTITIES_PER_BATCH = 32
 METRICS_FILE = "metrics.json"
 
 
 def quickstart_recipe(world_dir: str | os.PathLike, out_dir: str | os.PathLike, steps: int, workers: int,
                       train_identities: int = 16):
-    """PLIP on the tiny encoders, batches of up to 16 identities x 2 images."""
+    """PLIP on the tiny encoders, batches of up to 32 identities x 2 images."""
     from personvl.training.pretrain import PretrainConfig
 
     config = PretrainConfig(method="plip", output_dir=str(Path(out_dir) / "pretrain"))
     config.data.dataset, config.data.root = "cuhk-pedes", str(Path(world_dir) / "cuhk-pedes")
-    config.data.identities_per_batch = max(2, min(16, train_identities))
+    config.data.identities_per_batch = max(2, min(QUICKSTART_IDENTITIES_PER_BATCH, train_identities))
     config.data.images_per_identity, config.data.workers = 2, workers
     config.model.name, config.model.options = QUICKSTART_MODEL, dict(QUICKSTART_MODEL_OPTIONS)
     config.optim.name, config.optim.lr, config.optim.warmup_steps = "adamw", 1e-3, 20
