@@ -57,7 +57,8 @@ def main() -> None:
         if not Path(pretrained).exists():
             pretrain(CONFIGS / "pretrain" / "plip_tiny.yaml",
                      [f"output_dir={out / 'pretrain'}", f"data.root={world / 'cuhk-pedes'}",
-                      f"trainer.max_steps={args.pretrain_steps}", "trainer.checkpoint_every_n_steps=1000", *QUIET])
+                      f"trainer.max_steps={args.pretrain_steps}", "trainer.checkpoint_every_n_steps=1000",
+                      "data.identities_per_batch=16", *QUIET])
 
     # Random initialisation of the very architecture that was pre-trained (its sizes and options
     # live in the saved config), written as a model folder so both starts load the same way.
