@@ -134,3 +134,18 @@ def test_selection_never_uses_the_test_split():
     assert parsing.resolve_split("lip", "test") == "val" and parsing.resolve_split("lip", "train") == "train"
     paper = load_parsing_config("configs/finetune/parsing_paper.yaml")
     assert paper.model.name == "plip-rn50" and paper.head.style == "upernet"
+
+
+def test_parsing_starts_from_a_saved_model_folder(small_world, tmp_path):
+    from personvl.models import create_model, save_model
+
+    world, _ = small_world
+    folder = save_model(create_model("tiny-plip-rn50", text_pooling="max", image_width=16, image_size=(64, 32)),
+                        tmp_path / "pretrained")
+    summary = finetune(CONFIG, [f"data.root={world / 'lip'}", f"output_dir={tmp_path / 'run'}", f"model.name={folder}",
+                                "trainer.max_steps=2", *QUIET], echo=lambda *a: None)
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert summary["steps"] == 2 and saved["preprocess"]["input_size"] == [64, 32]
+    with pytest.raises(UsageError, match="its architecture is fixed"):
+        finetune(CONFIG, [f"data.root={world / 'lip'}", f"output_dir={tmp_path / 'run2'}", f"model.name={folder}",
+                          "model.options={image_width: 32}", *QUIET], echo=lambda *a: None)

@@ -453,7 +453,7 @@ def finetune(config: ParsingConfig | str | os.PathLike, overrides: Sequence[str]
     from personvl.data import load_dataset
     from personvl.data.transforms import ToNormalizedTensor
     from personvl.evaluation import write_report
-    from personvl.models import create_model
+    from personvl.models import open_model
 
     if not isinstance(config, ParsingConfig):
         config = load_parsing_config(config, overrides)
@@ -478,7 +478,8 @@ def finetune(config: ParsingConfig | str | os.PathLike, overrides: Sequence[str]
     if not train_records:
         raise PersonvlError(f"{data.dataset} at {data.root} has no {data.train_split} images")
 
-    encoder = create_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer).train()
+    encoder = open_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
+                         **config.model.options).train()
     head = config.head
     model = ParsingModel.build(encoder, part_names, style=head.style, width=head.width, pool_scales=head.pool_scales,
                                dropout=head.dropout)

@@ -577,7 +577,7 @@ def finetune(config: SearchConfig | str | os.PathLike, overrides: Sequence[str] 
     the training frames, then evaluate person search on the query and gallery splits."""
     from personvl.data import load_dataset
     from personvl.evaluation import write_report
-    from personvl.models import create_model, save_model
+    from personvl.models import open_model, save_model
 
     if not isinstance(config, SearchConfig):
         config = load_search_config(config, overrides)
@@ -591,7 +591,8 @@ def finetune(config: SearchConfig | str | os.PathLike, overrides: Sequence[str] 
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     train = load_dataset(data.dataset, data.root, data.train_split, skip_missing=data.skip_missing)
 
-    encoder = create_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer)
+    encoder = open_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
+                         **config.model.options)
     summary: dict[str, Any] = {"task": "search", "dataset": data.dataset, "model": config.model.name,
                                "weights": config.model.weights, "detector": config.detector.name,
                                "selection": "last step (no validation split)"}
