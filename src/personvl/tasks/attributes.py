@@ -27,7 +27,7 @@ from torch import nn
 from personvl.config import load_config
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import (
-    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSource, ProbeConfig, SelectionConfig, ShuffledBatches, elapsed,
+    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, ShuffledBatches, elapsed,
     embed_records, evaluation_place, evaluation_setting, fit_probe, model_transform, open_encoder, probe_selection,
     random_batches, read_split, read_task_head, save_task_head, start_run, train_and_select, training_loader,
     validation_split, write_summary,
@@ -66,7 +66,7 @@ class AttributeConfig:
     output_dir: str = "runs/attributes"
     mode: str = "finetune"             # finetune | linear_probe
     data: AttributeData = field(default_factory=AttributeData)
-    model: ModelSource = field(default_factory=ModelSource)
+    model: ModelSpec = field(default_factory=ModelSpec)
     optim: AttributeOptim = field(default_factory=AttributeOptim)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: AttributeLoss = field(default_factory=AttributeLoss)

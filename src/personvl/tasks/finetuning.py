@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from personvl.errors import PersonvlError, UsageError
+from personvl.training.pretrain import ModelSpec
 from personvl.training.trainer import CHECKPOINT_DIR
 from personvl.training.trainer import start_run as start_training_run
 
@@ -72,14 +73,6 @@ class SelectionConfig:
 
 
 @dataclass
-class ModelSource:
-    name: str = "tiny-plip-rn50"       # a registered architecture or a saved model folder
-    weights: str | None = None
-    tokenizer: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)   # a registered architecture's options
-
-
-@dataclass
 class ProbeConfig:
     """Linear probing: the encoder stays frozen, its embeddings of each split are computed once
     and only a small head learns (seconds even on CPU)."""
@@ -116,7 +109,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def open_encoder(spec: ModelSource):
+def open_encoder(spec: ModelSpec):
     from personvl.models import open_model
 
     return open_model(spec.name, spec.weights, tokenizer=spec.tokenizer, **spec.options)

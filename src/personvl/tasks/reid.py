@@ -29,7 +29,7 @@ from torch import nn
 from personvl.config import load_config
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import (
-    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSource, ProbeConfig, SelectionConfig, elapsed, embed_records,
+    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, elapsed, embed_records,
     evaluation_place, evaluation_setting, fit_probe, identity_batches, model_transform, open_encoder, probe_selection,
     read_split, read_task_head, save_task_head, start_run, train_and_select, training_loader, validation_split,
     write_summary,
@@ -68,7 +68,7 @@ class ReidConfig:
     output_dir: str = "runs/reid"
     mode: str = "finetune"             # finetune | linear_probe
     data: ReidData = field(default_factory=ReidData)
-    model: ModelSource = field(default_factory=ModelSource)
+    model: ModelSpec = field(default_factory=ModelSpec)
     optim: ReidOptim = field(default_factory=ReidOptim)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: ReidLosses = field(default_factory=ReidLosses)

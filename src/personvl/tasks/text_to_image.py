@@ -29,7 +29,7 @@ from torch import nn
 from personvl.config import load_config
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import (
-    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSource, SelectionConfig, elapsed, evaluation_place, evaluation_setting,
+    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, SelectionConfig, elapsed, evaluation_place, evaluation_setting,
     identity_batches, model_transform, open_encoder, read_split, start_run, train_and_select, training_loader,
     validation_split, write_summary,
 )
@@ -77,7 +77,7 @@ class TextToImageLosses:
 class TextToImageConfig:
     output_dir: str = "runs/t2i"
     data: TextToImageData = field(default_factory=TextToImageData)
-    model: ModelSource = field(default_factory=ModelSource)
+    model: ModelSpec = field(default_factory=ModelSpec)
     optim: TextToImageOptim = field(default_factory=TextToImageOptim)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: TextToImageLosses = field(default_factory=TextToImageLosses)

@@ -55,10 +55,12 @@ class DataConfig:
 
 @dataclass
 class ModelSpec:
-    name: str = "tiny-plip-rn50"
+    """The encoder a run starts from, as ``personvl.models.open_model`` reads it."""
+
+    name: str = "tiny-plip-rn50"       # a registered architecture or a saved model folder
     weights: str | None = None
     tokenizer: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)   # the architecture's options (create_model)
+    options: dict[str, Any] = field(default_factory=dict)   # a registered architecture's options
 
 
 @dataclass
@@ -197,7 +199,7 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
              echo=print) -> dict[str, Any]:
     """Run a pre-training recipe; returns the run summary (also in ``output_dir/summary.json``)."""
     from personvl.data.transforms import build_transform
-    from personvl.models import create_model, save_model
+    from personvl.models import open_model, save_model
 
     if not isinstance(config, PretrainConfig):
         config = load_pretrain_config(config, overrides)
@@ -205,7 +207,7 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
     out, checkpoint = start_run(config, resume)
 
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    encoder = create_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
+    encoder = open_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
                            **config.model.options).train()
     records, size, attribute_names, ratio = _training_split(config.data)
     preprocess = encoder.config.preprocess
