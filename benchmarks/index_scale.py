@@ -1,6 +1,7 @@
 """Search at scale: exact vs IVF vs HNSW on 768-d unit vectors (default 1M random ones).
 
 Run: python benchmarks/index_scale.py [--count 1000000] [--hnsw-count 200000] [--clustered 0]
+     [--hnsw-m 32] [--ef-construction 80]
 Prints, per index: build time, single-query latency (median and p95), batched throughput and
 recall@10 against exact search on the same vectors, as a table. The query-time knob (nprobe,
 efSearch) is varied on one built index.
@@ -73,13 +74,15 @@ def run(count: int, dim: int, queries: np.ndarray, centres, args, backends: list
             config = BackendConfig("ivf", nlist=args.nlist, nprobe=args.nprobe[0])
             knobs = [("nprobe", value, BackendConfig("ivf", nlist=args.nlist, nprobe=value)) for value in args.nprobe]
         else:
-            config = BackendConfig("hnsw", ef_search=args.ef_search[0])
-            knobs = [("efSearch", value, BackendConfig("hnsw", ef_search=value)) for value in args.ef_search]
+            graph = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
+            config = BackendConfig("hnsw", ef_search=args.ef_search[0], **graph)
+            knobs = [("efSearch", value, BackendConfig("hnsw", ef_search=value, **graph)) for value in args.ef_search]
         settings = config.resolved(count)
         started = time.perf_counter()
         index = build_faiss_index(vectors, settings)
         build_s = time.perf_counter() - started
-        shape = f"nlist={settings.params['nlist']}" if backend == "ivf" else f"M={settings.params['hnsw_m']}"
+        shape = (f"nlist={settings.params['nlist']}" if backend == "ivf"
+                 else f"M={settings.params['hnsw_m']}, efC={settings.params['ef_construction']}")
         for knob, value, knob_config in knobs:
             configure_search(index, knob_config.resolved(count))
             rows.append({"index": f"{backend} ({shape}, {knob}={value})", "vectors": count, "build_s": build_s,
@@ -92,7 +95,7 @@ def run(count: int, dim: int, queries: np.ndarray, centres, args, backends: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1_000_000, help="vectors for exact and IVF")
+    parser.add_argument("--count", type=int, default=1_000_000, help="vectors for exact and IVF; 0 skips them")
     parser.add_argument("--hnsw-count", type=int, default=200_000,
                         help="vectors for HNSW (its graph build is the slow one on few cores); 0 skips it")
     parser.add_argument("--dim", type=int, default=768)
@@ -103,6 +106,9 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--hnsw-m", type=int, default=BackendConfig.hnsw_m, help="HNSW neighbours per node")
+    parser.add_argument("--ef-construction", type=int, default=BackendConfig.ef_construction,
+                        help="HNSW candidate list while building (build time grows with it)")
     parser.add_argument("-k", type=int, default=10)
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__} with "
@@ -113,7 +119,7 @@ def main() -> None:
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     queries = unit_vectors(args.queries, args.dim, seed=2, centres=centres)
 
-    rows = run(args.count, args.dim, queries, centres, args, ["ivf"])
+    rows = run(args.count, args.dim, queries, centres, args, ["ivf"]) if args.count else []
     if args.hnsw_count:
         rows += run(args.hnsw_count, args.dim, queries, centres, args, ["hnsw"])
 
@@ -128,7 +134,7 @@ def main() -> None:
     for row in rows:
         print(f"| {row['index']:<34} | {row['vectors']:>9,} | {row['build_s']:>7.1f} | {row['median_ms']:>9.2f} | "
               f"{row['p95_ms']:>7.2f} | {row['qps']:>9.0f} | {row['recall']:>9.3f} |")
-    if args.hnsw_count and args.hnsw_count < args.count:
+    if 0 < args.hnsw_count < args.count:
         print(f"\nHNSW ran on {args.hnsw_count:,} vectors, not {args.count:,}: building its graph over "
               f"{args.count:,} takes far longer than a few minutes on {os.cpu_count()} cores; the exact "
               f"row at {args.hnsw_count:,} is its baseline.")
