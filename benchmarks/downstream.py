@@ -1,14 +1,15 @@
 """Downstream transfer on a synthetic world: fine-tuning from the pre-trained plip_tiny encoder
 against fine-tuning from random initialisation, same architecture, steps and data.
 
-Run: python benchmarks/downstream.py [--identities 48] [--pretrain-steps 150] [--steps 60]
+Run: python benchmarks/downstream.py [--identities 200] [--pretrain-steps 600] [--steps 150]
                                      [--out runs/bench_downstream] [--pretrained DIR]
 
 Steps: generate a world; pre-train tiny-plip-rn50 with configs/pretrain/plip_tiny.yaml on its
 cuhk-pedes train split (or take --pretrained, a saved model folder); evaluate the pre-trained
 encoder zero-shot (text-to-image, re-ID); fine-tune every task (t2i with SDM + ID, re-ID with
-the strong baseline, attributes with the weighted-BCE head, plus the re-ID and attribute
-linear probes) from both starting points; print and write (table.md, results.json) the test
+the strong baseline, attributes with the weighted-BCE head, the re-ID and attribute linear
+probes, parsing with the UPerNet head, person search's re-ID stage on ground-truth boxes) from
+both starting points; print and write (table.md, results.json) the test
 figures. Each process uses one intra-op thread (--threads): on a CPU shared with other jobs
 that is several times faster than the default.
 """
@@ -26,13 +27,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
 QUIET = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "data.workers=0"]
+NO_PLOTS = "evaluation.plots=false"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--identities", type=int, default=48)
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps per task and start")
+    parser.add_argument("--identities", type=int, default=200)
+    parser.add_argument("--pretrain-steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps per task and start")
     parser.add_argument("--out", default="runs/bench_downstream")
     parser.add_argument("--pretrained", default=None, help="a saved model folder to use instead of pre-training")
     parser.add_argument("--threads", type=int, default=1)
@@ -50,7 +52,7 @@ def main() -> None:
     world = out / "world"
     if not (world / "world.json").exists():
         generate_world(world, identities=args.identities, images_per_identity=4, cameras=4, seed=args.seed,
-                       scene_identities=0, workers=2, progress=False)
+                       scene_identities=max(4, args.identities // 8), workers=2, progress=False)
     pretrained = args.pretrained
     if pretrained is None:
         pretrained = str(out / "pretrain" / "model")
@@ -80,11 +82,16 @@ def main() -> None:
     rows.append(("reid", "zero-shot", "mAP", None, zero_reid["mAP"], zero_reid["R1"], None))
 
     recipes = [
-        ("t2i", "fine-tune (SDM + ID)", "t2i_tiny.yaml", "cuhk-pedes", [], "R1", "mAP"),
-        ("reid", "fine-tune (BoT)", "reid_tiny.yaml", "market1501", [], "mAP", "R1"),
-        ("reid", "linear probe", "reid_tiny.yaml", "market1501", ["mode=linear_probe"], "mAP", "R1"),
-        ("attributes", "fine-tune (weighted BCE)", "attributes_tiny.yaml", "pa100k", [], "mA", "F1"),
-        ("attributes", "linear probe", "attributes_tiny.yaml", "pa100k", ["mode=linear_probe"], "mA", "F1"),
+        ("t2i", "fine-tune (SDM + ID)", "t2i_tiny.yaml", "cuhk-pedes", [NO_PLOTS], "R1", "mAP"),
+        ("reid", "fine-tune (BoT)", "reid_tiny.yaml", "market1501", [NO_PLOTS], "mAP", "R1"),
+        ("reid", "linear probe", "reid_tiny.yaml", "market1501", ["mode=linear_probe", NO_PLOTS], "mAP", "R1"),
+        ("attributes", "fine-tune (weighted BCE)", "attributes_tiny.yaml", "pa100k", [NO_PLOTS], "mA", "F1"),
+        ("attributes", "linear probe", "attributes_tiny.yaml", "pa100k", ["mode=linear_probe", NO_PLOTS], "mA", "F1"),
+        ("parsing", "fine-tune (UPerNet head)", "parsing_tiny.yaml", "lip", ["evaluation.plot_images=0"], "mIoU",
+         "pixel_accuracy"),
+        # Ground-truth boxes: the encoder's part of person search, without the detector's.
+        ("search", "re-ID on ground-truth boxes", "search_tiny.yaml", "prw",
+         ["detector.name=gt", f"reid.max_steps={args.steps}", "evaluation.plot_queries=0"], "mAP", "top1"),
     ]
     for task, setting, config, folder, extra, main_metric, second in recipes:
         figures = {}
@@ -94,7 +101,7 @@ def main() -> None:
             summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else \
                 finetune_task(task, CONFIGS / "finetune" / config,
                               [f"output_dir={run}", f"data.root={world / folder}", f"model.name={model}",
-                               f"trainer.max_steps={args.steps}", "evaluation.plots=false", *extra, *QUIET])
+                               f"trainer.max_steps={args.steps}", *extra, *QUIET])
             figures[start] = summary["metrics"]
         rows.append((task, setting, main_metric, figures["random"][main_metric], figures["pretrained"][main_metric],
                      figures["pretrained"][second], figures["random"][second]))

@@ -4,6 +4,8 @@ from personvl.data.synth import generate_world
 
 SMALL_WORLD = dict(identities=24, images_per_identity=4, cameras=4, seed=3,
                    scene_identities=6, scene_width=320, scene_height=180)
+# Enough people for a tiny model trained from scratch to generalise to held-out identities.
+MEDIUM_WORLD = dict(identities=200, images_per_identity=4, cameras=4, seed=3, scene_identities=0)
 
 
 @pytest.fixture(scope="session")
@@ -12,6 +14,14 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "w"
     world = generate_world(out, workers=2, progress=False, preview=True, **SMALL_WORLD)
     return out, world
+
+
+@pytest.fixture(scope="session")
+def medium_world(tmp_path_factory):
+    """A 200-identity world without scenes (a few seconds), generated once per test process."""
+    out = tmp_path_factory.mktemp("medium-world") / "w"
+    generate_world(out, workers=2, progress=False, preview=False, **MEDIUM_WORLD)
+    return out
 
 
 @pytest.fixture

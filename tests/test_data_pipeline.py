@@ -33,6 +33,18 @@ def test_recipes_set_size_and_normalisation():
         build_transform("vit")
 
 
+def _padding(transform):
+    return [t.padding for t in transform.transforms if type(t).__name__ == "Pad"]
+
+
+def test_padding_scales_with_the_width_unless_given():
+    assert _padding(build_transform("reid")) == [10]                                 # 256x128: the recipe's own
+    assert _padding(build_transform("reid", height=64, width=32)) == [2]             # a quarter as wide
+    assert _padding(build_transform("reid", height=384, width=128)) == [10]          # same width
+    assert _padding(build_transform("reid", height=64, width=32, padding=6)) == [6]  # asked for
+    assert _padding(build_transform("clip", height=128, width=64)) == [5]
+
+
 def test_normalised_tensor_matches_torchvision():
     from torchvision import transforms as T
     from personvl.data.transforms import PLIP_MEAN, PLIP_STD, ToNormalizedTensor

@@ -74,9 +74,14 @@ def get_recipe(name: str, **overrides: Any) -> TransformRecipe:
 
 def build_transform(recipe: str | TransformRecipe = "plip", train: bool = True, **overrides: Any) -> Callable:
     """A torchvision transform from PIL image to normalised tensor; ``overrides`` replace
-    recipe fields (``height=384``, ``erasing=0``)."""
+    recipe fields (``height=384``, ``erasing=0``). A recipe's padding is set for its own width:
+    at another width it scales with it (10 px at 128 wide is 2 px at 32), unless ``padding`` is
+    given, so that a small model's crops shift as much, relative to the person, as a large one's."""
     from torchvision import transforms as T
 
+    base = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if "padding" not in overrides and overrides.get("width", base.width) != base.width:
+        overrides = {**overrides, "padding": round(base.padding * overrides["width"] / base.width)}
     spec = get_recipe(recipe, **overrides) if isinstance(recipe, str) else replace(recipe, **overrides)
     size = (spec.height, spec.width)
     steps: list[Callable] = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)]
