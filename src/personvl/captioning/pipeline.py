@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from personvl.captioning.compose import (
@@ -25,11 +25,10 @@ from personvl.captioning.scoring import DEFAULT_THRESHOLD, AttributeScorer, Choi
 from personvl.captioning.vocabulary import Vocabulary, load_vocabulary
 from personvl.captioning.writer import ResumableJsonl
 from personvl.errors import PersonvlError, UsageError
-from personvl.models.transforms import open_rgb_image
+from personvl.models.embedding import ImageFiles
 
 METHODS = ("dcc", "attributes", "synth-pedes")
 _GRAMMARS = {"dcc": "dcc", "synth-pedes": "synth_pedes"}
-_UNREADABLE = (PersonvlError, OSError, ValueError, SyntaxError)
 
 
 @dataclass
@@ -87,24 +86,6 @@ def list_image_paths(images: str | os.PathLike | Sequence[str | os.PathLike], *,
         else:
             raise UsageError(f"{images}: expected a folder of images, a .jsonl index or a dataset root (with a dataset name)")
     return list(dict.fromkeys(os.path.abspath(p) for p in paths))
-
-
-class _Images(Dataset):
-    """Decoded, transformed images; an unreadable one comes back as its error message (raised
-    in a loader worker it would end the run)."""
-
-    def __init__(self, paths: Sequence[str], transform):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            return index, self.transform(open_rgb_image(self.paths[index]))
-        except _UNREADABLE as exc:
-            return index, str(exc) or type(exc).__name__
 
 
 def _collate(items):
@@ -223,7 +204,7 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
         with ResumableJsonl(out, {"attribute_names": scorer.attribute_names}, expect={"method": method}) as writer, \
                 _open_failures(failures_path) as failures:
             todo = [p for p in paths if p not in writer.finished]
-            loader = DataLoader(_Images(todo, encoder.image_transform), batch_size=batch_size, num_workers=workers,
+            loader = DataLoader(ImageFiles(todo, encoder.image_transform), batch_size=batch_size, num_workers=workers,
                                 collate_fn=_collate)
             device_of_model = encoder.device
             with tqdm(total=len(todo), desc=f"captioning ({method})", unit="image", disable=not progress) as bar:

@@ -30,8 +30,16 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], transform):
+# What a damaged image file can raise while it is decoded or transformed (PIL uses all four).
+UNREADABLE_IMAGE_ERRORS = (PersonvlError, OSError, ValueError, SyntaxError)
+
+
+class ImageFiles(Dataset):
+    """Decoded, transformed images as ``(index, tensor)``; an unreadable file comes back as
+    ``(index, message)``. Raised inside a loader worker, the error would reach the user wrapped
+    in the worker's traceback, or end a run that means to list the file and go on."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform):
         self.paths = list(paths)
         self.transform = transform
 
@@ -39,19 +47,17 @@ class _ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        # An unreadable file travels back as its message: an exception raised inside a loader
-        # worker would reach the user wrapped in the worker's traceback.
         try:
-            return self.transform(open_rgb_image(self.paths[index]))
-        except PersonvlError as exc:
-            return str(exc)
+            return index, self.transform(open_rgb_image(self.paths[index]))
+        except UNREADABLE_IMAGE_ERRORS as exc:
+            return index, str(exc) or type(exc).__name__
 
 
 def _collate(items: list) -> torch.Tensor:
-    for item in items:
+    for _, item in items:
         if isinstance(item, str):
             raise PersonvlError(item)
-    return torch.stack(items)
+    return torch.stack([image for _, image in items])
 
 
 @contextmanager
@@ -70,7 +76,7 @@ def embed_images(model: PersonEncoder, paths: Sequence[str | os.PathLike], *, ba
     """[N, D] float32 L2-normalised embeddings of the image files, in the given order."""
     if batch_size < 1:
         raise PersonvlError(f"batch size must be at least 1, got {batch_size}")
-    loader = DataLoader(_ImageFiles([Path(p) for p in paths], model.image_transform), batch_size=batch_size,
+    loader = DataLoader(ImageFiles([Path(p) for p in paths], model.image_transform), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate)
     chunks = []
     with _evaluating(model):
