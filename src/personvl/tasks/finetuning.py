@@ -72,6 +72,15 @@ class SelectionConfig:
     metric: str = ""                   # empty: the task's own (R1, mAP, mA)
 
 
+# How a task with a probe trains: the whole encoder, or a head on its frozen embeddings.
+MODES = ("finetune", "linear_probe")
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
 @dataclass
 class ProbeConfig:
     """Linear probing: the encoder stays frozen, its embeddings of each split are computed once

@@ -29,7 +29,7 @@ from torch import nn
 from personvl.config import load_config
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import (
-    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, elapsed, embed_records,
+    MODEL_DIR, check_mode, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, elapsed, embed_records,
     evaluation_place, evaluation_setting, fit_probe, identity_batches, model_transform, open_encoder, probe_selection,
     read_split, read_task_head, save_task_head, start_run, train_and_select, training_loader, validation_split,
     write_summary,
@@ -38,7 +38,6 @@ from personvl.training.optim import OptimConfig
 from personvl.training.trainer import TrainerConfig
 
 TASK = "reid"
-MODES = ("finetune", "linear_probe")
 
 
 @dataclass
@@ -77,8 +76,7 @@ class ReidConfig:
     evaluation: EvaluationTarget = field(default_factory=EvaluationTarget)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_mode(self.mode)
 
 
 def load_reid_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ReidConfig:
