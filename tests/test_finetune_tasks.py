@@ -136,7 +136,8 @@ def test_t2i_finetune_selects_on_val(small_world, tmp_path, objective):
     world, _ = small_world
     root = world / "cuhk-pedes"
     out = tmp_path / objective
-    summary = text_to_image.finetune(None, [f"output_dir={out}", f"data.root={root}", f"loss.objective={objective}",
+    irr = ["loss.irr_weight=1.0"] if objective == "irra" else []
+    summary = text_to_image.finetune(None, [f"output_dir={out}", f"data.root={root}", f"loss.objective={objective}", *irr,
                                             "trainer.max_steps=30", "data.identities_per_batch=6",
                                             "data.images_per_identity=2", "optim.lr=0.003",
                                             "selection.every_n_steps=10", *COMMON])
@@ -144,6 +145,41 @@ def test_t2i_finetune_selects_on_val(small_world, tmp_path, objective):
     assert selection["split"] == "val" and [h["step"] for h in selection["history"]] == [10, 20, 30]
     assert selection["kept_step"] == max(selection["history"], key=lambda h: h["R1"])["step"]
     assert (out / "ranking.png").exists() and (out / "checkpoints" / "best.pt").exists()
+    logged = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert ("train/irr" in logged) == (objective == "irra") and "train/id" in logged
+
+
+@pytest.mark.parametrize("architecture", ["tiny-plip-rn50", "tiny-clip-vitb16"])    # WordPiece and CLIP BPE
+def test_irr_predicts_masked_caption_tokens_with_the_images_help(architecture):
+    from personvl.models import create_model
+    from personvl.tasks.text_to_image import TextToImageLosses, TextToImageMethod
+
+    torch.manual_seed(0)
+    encoder = create_model(architecture).train()
+    height, width = encoder.config.preprocess.input_size
+    tokens = encoder.tokenizer(["a woman in a red coat and black trousers", "a man with a blue backpack"] * 2)
+    batch = {"image": torch.randn(4, 3, height, width), "pid": torch.tensor([0, 1, 0, 1]),
+             "input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+    method = TextToImageMethod(encoder, 2, TextToImageLosses(irr_weight=1.0, irr_mask_ratio=0.5))
+    torch.manual_seed(1)                                    # the towers' dropout
+    losses = method(batch, step=3)
+    assert set(losses) == {"id", "sdm", "irr", "loss"}
+    # Near-uniform predictions over the vocabulary at the start.
+    assert losses["irr"].item() == pytest.approx(np.log(encoder.tokenizer.vocab_size), rel=0.25)
+    assert losses["loss"].item() == pytest.approx(sum(losses[k].item() for k in ("id", "sdm", "irr")), rel=1e-5)
+    method.zero_grad()
+    losses["irr"].backward()
+    image_grad = sum(p.grad.abs().sum().item() for p in encoder.visual.parameters() if p.grad is not None)
+    assert image_grad > 0                                   # the prediction reads the image
+    assert all(p.grad is None for p in method.classifier.parameters())
+    torch.manual_seed(1)
+    assert method(batch, step=3)["irr"].item() == pytest.approx(losses["irr"].item(), rel=1e-6)   # masks seeded by step
+    torch.manual_seed(1)
+    assert method(batch, step=4)["irr"].item() != pytest.approx(losses["irr"].item(), rel=1e-6)
+    groups = {g["name"]: g for g in method.parameter_groups()}
+    assert {id(p) for p in method.irr_head.parameters()} <= {id(p) for p in groups["heads"]["params"]}
+    without = TextToImageMethod(encoder, 2, TextToImageLosses())
+    assert without.irr_head is None and "irr" not in without(batch)
 
 
 def _attribute_chance(root):

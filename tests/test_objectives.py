@@ -7,7 +7,7 @@ from torch import nn
 from personvl.objectives import (
     FeatureQueue, attribute_bce_loss, batch_hard_triplet_loss, cmpm_loss, colorization_loss, id_loss, infonce_loss,
     masked_token_loss, masking_ratio_schedule, momentum_contrast_loss, momentum_update, positive_ratio_weights,
-    sdm_loss, select_attribute_words, to_grayscale, whole_word_mask,
+    random_token_mask, sdm_loss, select_attribute_words, to_grayscale, whole_word_mask,
 )
 from personvl.objectives.masking import IGNORE_INDEX
 
@@ -127,6 +127,27 @@ def test_whole_word_masking_masks_every_piece_of_a_chosen_word():
         assert masked[0, [0, 4, 5]].tolist() == [101, 102, 0]
     only_attribute, labels = whole_word_mask(ids, word_ids, 0.1, 103, candidate_words=[[1]])
     assert (labels != IGNORE_INDEX).nonzero()[:, 1].tolist() == [3]
+
+
+def test_random_token_masking_follows_berts_80_10_10_split_on_maskable_tokens_only():
+    ids = torch.arange(1000, 1000 + 40 * 50).reshape(40, 50)
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    maskable[:, 0] = maskable[:, -5:] = False                       # start marker and padding
+    replacements = torch.tensor([7, 8])
+    masked, labels = random_token_mask(ids, maskable, 0.5, 103, replacements, torch.Generator().manual_seed(0))
+    chosen = labels != IGNORE_INDEX
+    assert not chosen[~maskable].any() and (masked[~maskable] == ids[~maskable]).all()
+    assert (labels[chosen] == ids[chosen]).all()
+    assert abs(chosen.sum().item() / maskable.sum().item() - 0.5) < 0.05
+    as_mask = (masked == 103) & chosen
+    as_replacement = torch.isin(masked, replacements) & chosen
+    kept = (masked == ids) & chosen
+    assert (as_mask | as_replacement | kept).equal(chosen)
+    shares = [part.sum().item() / chosen.sum().item() for part in (as_mask, as_replacement, kept)]
+    assert shares == pytest.approx([0.8, 0.1, 0.1], abs=0.03)
+    assert (masked[~chosen] == ids[~chosen]).all()
+    again, _ = random_token_mask(ids, maskable, 0.5, 103, replacements, torch.Generator().manual_seed(0))
+    assert again.equal(masked)
 
 
 def test_attribute_words_from_phrases_or_matcher():

@@ -48,6 +48,14 @@ class BertTextTokenizer:
     def vocab_size(self) -> int:
         return len(self.hf)
 
+    @property
+    def mask_token_id(self) -> int:
+        return int(self.hf.mask_token_id)
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        return sorted(int(i) for i in self.hf.all_special_ids)
+
     def __call__(self, texts: Sequence[str]) -> TokenBatch:
         encoded = self.hf(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
                           return_tensors="pt")
@@ -77,6 +85,16 @@ class ClipTextTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.simple.encoder)
+
+    @property
+    def mask_token_id(self) -> int:
+        """CLIP's vocabulary has no mask token: the last ordinary entry (a rare word, just
+        below the start and end markers) stands in for it in masked-token objectives."""
+        return self.vocab_size - 3
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        return sorted(int(i) for i in self.simple.all_special_ids)
 
     def __call__(self, texts: Sequence[str]) -> TokenBatch:
         ids = self.simple(list(texts), context_length=self.max_length)

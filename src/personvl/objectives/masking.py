@@ -1,4 +1,5 @@
-"""Masked-token objectives: whole-word MLM (UniPT) and attribute-phrase masking (PLIP's IAP)."""
+"""Masked-token objectives: whole-word MLM (UniPT), attribute-phrase masking (PLIP's IAP) and
+BERT-style random token masking (IRRA's implicit relation reasoning)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,31 @@ def whole_word_mask(
             if w is not None and w in chosen:
                 labels[b, t] = input_ids[b, t]
                 masked[b, t] = mask_token_id
+    return masked, labels
+
+
+def random_token_mask(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    ratio: float,
+    mask_token_id: int,
+    replacement_ids: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's token masking: each ``maskable`` token ([B, T] bool, False on special and padding
+    tokens) is chosen with probability ``ratio``; a chosen token becomes ``mask_token_id`` 80%
+    of the time, one of ``replacement_ids`` (ordinary tokens, so that no special token such as
+    CLIP's end-of-text, which pools the caption, appears mid-sentence) 10% of the time, and
+    stays itself otherwise. Returns the new ids and the labels (the original ids where chosen,
+    ``IGNORE_INDEX`` elsewhere)."""
+    chosen = (torch.rand(input_ids.shape, generator=generator) < ratio) & maskable.bool()
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    action = torch.rand(input_ids.shape, generator=generator)
+    masked = input_ids.clone()
+    masked[chosen & (action < 0.8)] = mask_token_id
+    replaced = chosen & (action >= 0.8) & (action < 0.9)
+    picks = torch.randint(0, len(replacement_ids), input_ids.shape, generator=generator)
+    masked[replaced] = replacement_ids.to(input_ids.dtype)[picks][replaced]
     return masked, labels
 
 

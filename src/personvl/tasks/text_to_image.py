@@ -4,7 +4,11 @@ Both towers are fine-tuned as a dual encoder on (image, caption) pairs in P x K 
 batches. Two objectives:
 
 - ``irra`` (IRRA-style): similarity distribution matching (SDM) at a fixed temperature plus
-  the identity loss of a classifier shared by both modalities;
+  the identity loss of a classifier shared by both modalities, and, with ``loss.irr_weight``,
+  implicit relation reasoning (IRR): 15% of the caption's tokens are masked BERT-style and
+  predicted from the masked caption's token states after they attend to the image's last
+  feature map and embedding (one cross-attention layer, where IRRA stacks a four-layer
+  transformer after it);
 - ``unipt`` (UniPT / LGUR-style): the identity loss plus a bidirectional ranking loss with the
   hardest negative of the batch and margin 0.2.
 
@@ -63,6 +67,8 @@ class TextToImageLosses:
     temperature: float = 0.02          # SDM's fixed temperature (IRRA: 0.02)
     id_weight: float = 1.0
     label_smoothing: float = 0.0
+    irr_weight: float = 0.0            # IRRA: 1.0 (masked tokens predicted with the image's help)
+    irr_mask_ratio: float = 0.15
     ranking_weight: float = 1.0
     margin: float = 0.2
     text_lr_scale: float = 1.0
@@ -118,6 +124,7 @@ class TextToImageMethod(nn.Module):
         self.classifier = nn.Linear(encoder.embed_dim, num_identities)
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
+        self.irr_head = _relation_head(encoder) if losses.objective == "irra" and losses.irr_weight else None
 
     def forward(self, batch: dict, progress: float = 0.0, step: int = 0) -> dict[str, torch.Tensor]:
         from personvl.models import TokenBatch
@@ -125,8 +132,13 @@ class TextToImageMethod(nn.Module):
 
         cfg = self.losses
         pids = batch["pid"]
-        image = self.encoder.visual(batch["image"])
-        text = self.encoder.text_features(TokenBatch(batch["input_ids"], batch["attention_mask"])).embedding
+        tokens = TokenBatch(batch["input_ids"], batch["attention_mask"])
+        if self.irr_head is not None:
+            features = self.encoder.image_features(batch["image"])
+            image = features.embedding
+        else:
+            image = self.encoder.visual(batch["image"])
+        text = self.encoder.text_features(tokens).embedding
         losses: dict[str, torch.Tensor] = {}
         total = image.new_zeros(())
         if cfg.id_weight:
@@ -136,17 +148,57 @@ class TextToImageMethod(nn.Module):
         if cfg.objective == "irra" and cfg.sdm_weight:
             losses["sdm"] = sdm_loss(image, text, pids, logit_scale=1.0 / cfg.temperature)
             total = total + cfg.sdm_weight * losses["sdm"]
+        if self.irr_head is not None:
+            losses["irr"] = self._relation_loss(tokens, features, step)
+            total = total + cfg.irr_weight * losses["irr"]
         if cfg.objective == "unipt" and cfg.ranking_weight:
             losses["ranking"] = ranking_loss(image, text, pids, cfg.margin)
             total = total + cfg.ranking_weight * losses["ranking"]
         losses["loss"] = total
         return losses
 
+    def _relation_loss(self, tokens, image_features, step: int) -> torch.Tensor:
+        """IRR: predict BERT-style masked caption tokens from the masked caption and the image."""
+        from personvl.models import TokenBatch
+        from personvl.objectives import masked_token_loss, random_token_mask
+
+        tokenizer = self.encoder.tokenizer
+        ids = tokens.input_ids.cpu()
+        specials = torch.tensor(tokenizer.special_token_ids, dtype=ids.dtype)
+        maskable = tokens.attention_mask.cpu().bool() & ~torch.isin(ids, specials)
+        ordinary = torch.arange(tokenizer.vocab_size)
+        ordinary = ordinary[~torch.isin(ordinary, torch.cat([specials, torch.tensor([tokenizer.mask_token_id])]))]
+        # Seeded from the step, so a resumed run masks the same tokens as an uninterrupted one.
+        generator = torch.Generator().manual_seed(1_000_003 + step)
+        masked, labels = random_token_mask(ids, maskable, self.losses.irr_mask_ratio, tokenizer.mask_token_id,
+                                           ordinary, generator)
+        device = tokens.input_ids.device
+        states = self.encoder.text_features(TokenBatch(masked.to(device), tokens.attention_mask)).tokens
+        logits = self.irr_head(states, image_features.embedding, image_features.maps[-1])
+        return masked_token_loss(logits, labels.to(device))
+
     def parameter_groups(self) -> list[dict]:
         text = list(self.encoder.text.parameters())
+        heads = list(self.classifier.parameters()) + (list(self.irr_head.parameters()) if self.irr_head else [])
         return [{"params": list(self.encoder.visual.parameters()), "name": "image"},
                 {"params": text, "lr_scale": self.losses.text_lr_scale, "name": "text"},
-                {"params": list(self.classifier.parameters()), "lr_scale": self.losses.head_lr_scale, "name": "id head"}]
+                {"params": heads, "lr_scale": self.losses.head_lr_scale, "name": "heads"}]
+
+
+def _relation_head(encoder):
+    """IRR's fusion and vocabulary head, sized from the encoder's text width and last map."""
+    from personvl.methods.base import attention_heads
+    from personvl.models.heads import MaskedTokenPredictor
+
+    height, width = encoder.config.preprocess.input_size
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        channels = encoder.image_features(torch.zeros(1, 3, height, width)).maps[-1].shape[1]
+    encoder.train(was_training)
+    return MaskedTokenPredictor(text_dim=encoder.text.width, vocab_size=encoder.tokenizer.vocab_size,
+                                image_dim=encoder.embed_dim, map_channels=channels,
+                                heads=attention_heads(encoder.text.width))
 
 
 def _features(model, records, batch_size: int):
