@@ -50,6 +50,26 @@ def test_turning_an_objective_off_removes_it():
     assert losses["loss"].item() == pytest.approx(losses["ivlc"].item())
 
 
+def test_infonce_ivlc_starts_from_the_configured_scale():
+    import math
+
+    torch.manual_seed(0)
+    encoder = create_model("tiny-plip-rn50").train()
+    batch = _batch(encoder)
+    losses = {}
+    for scale in (14.0, 5.0):
+        method = PLIPMethod(encoder, PLIPConfig(decoder_width=16, tic_weight=0.0, iap_weight=0.0, ivlc_loss="infonce",
+                                                infonce_scale_init=scale))
+        assert method.logit_scale.exp().item() == pytest.approx(scale)
+        torch.manual_seed(1)
+        losses[scale] = method(batch, progress=0.0)["ivlc"].item()
+    # The same similarities, sharper or softer: only the scale changed the loss.
+    assert losses[14.0] != pytest.approx(losses[5.0], rel=1e-3)
+    assert all(math.isfinite(v) for v in losses.values())
+    with pytest.raises(UsageError, match="infonce_scale_init"):
+        PLIPMethod(encoder, PLIPConfig(ivlc_loss="infonce", infonce_scale_init=0.0))
+
+
 def test_wordpiece_words_and_attribute_words():
     encoder = create_model("tiny-plip-rn50")
     hf = encoder.tokenizer.hf

@@ -26,6 +26,8 @@ class PLIPConfig:
     # identity-aware InfoNCE with a learnable temperature: it escapes the near-uniform start of
     # randomly initialised encoders far sooner, which small CPU runs need.
     ivlc_loss: str = "cmpm"
+    # Where the infonce form's learnable scale starts (CLIP's 1/0.07).
+    infonce_scale_init: float = 1 / 0.07
     tic_weight: float = 0.02
     iap_weight: float = 0.1
     mask_ratio_start: float = 0.2
@@ -43,7 +45,9 @@ class PLIPMethod(nn.Module):
         self.encoder = encoder
         self.config = config
         if config.ivlc_loss == "infonce":
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            if config.infonce_scale_init <= 0:
+                raise UsageError(f"plip.infonce_scale_init must be positive, got {config.infonce_scale_init}")
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(config.infonce_scale_init)))
         height, width = encoder.config.preprocess.input_size
         with torch.no_grad():
             probe = encoder.image_features(torch.zeros(1, 3, height, width))
