@@ -1,6 +1,7 @@
 """Pre-training recipes on the synthetic world with tiny encoders."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -51,8 +52,6 @@ def test_turning_an_objective_off_removes_it():
 
 
 def test_infonce_ivlc_starts_from_the_configured_scale():
-    import math
-
     torch.manual_seed(0)
     encoder = create_model("tiny-plip-rn50").train()
     batch = _batch(encoder)
@@ -104,6 +103,11 @@ def test_each_recipe_trains_a_few_steps_and_exports_the_encoder(small_world, tmp
     assert summary_file["steps"] == 3
     if recipe == "valpat_tiny":   # the world's records carry attributes: the attribute loss runs
         assert "train/attributes" in summary_file["last_losses"]
+    if recipe == "plip_tiny":     # PLIP's architecture has no temperature: the one IVLC learned goes along
+        state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
+        assert model.logit_scale is not None
+        assert model.logit_scale.item() == pytest.approx(state["method.logit_scale"].item(), abs=1e-6)
+        assert model.logit_scale.item() != pytest.approx(math.log(1 / 0.07), abs=1e-5)    # it moved
 
 
 def test_pretrain_command_and_resume_rules(small_world, tmp_path, capsys):

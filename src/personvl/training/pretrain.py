@@ -195,6 +195,25 @@ def _training_split(config: DataConfig):
     return records, len(records), attribute_names, ratio
 
 
+def with_learned_temperature(method: torch.nn.Module):
+    """The method's encoder, carrying the temperature the method learned for it.
+
+    A method whose encoder has no ``logit_scale`` (PLIP's architecture, trained with the
+    InfoNCE form of IVLC) keeps its own; the exported model takes it along, so that zero-shot
+    scoring (the captioner's phrase softmax) uses the scale its similarities were trained at
+    instead of a default."""
+    import dataclasses
+
+    encoder = method.encoder
+    learned = getattr(method, "logit_scale", None)
+    if encoder.logit_scale is not None or not isinstance(learned, torch.nn.Parameter):
+        return encoder
+    value = float(learned.detach())
+    encoder.config = dataclasses.replace(encoder.config, init_logit_scale=value)
+    encoder.logit_scale = torch.nn.Parameter(torch.tensor(value, device=learned.device))
+    return encoder
+
+
 def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
              echo=print) -> dict[str, Any]:
     """Run a pre-training recipe; returns the run summary (also in ``output_dir/summary.json``)."""
@@ -229,7 +248,7 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
                                "nonfinite_steps": task.nonfinite_total,
                                "seconds": round(time.perf_counter() - started, 2)}
     if trainer.is_global_zero:
-        save_model(method.encoder.eval(), out / MODEL_DIR)
+        save_model(with_learned_temperature(method).eval(), out / MODEL_DIR)
         summary["model_dir"] = str(out / MODEL_DIR)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
         summary["last_losses"] = metrics
