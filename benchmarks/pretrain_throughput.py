@@ -1,7 +1,7 @@
 """Pre-training throughput and peak memory of PLIP under the Lightning engine
 (``TrainingTask`` + ``build_trainer``, as ``personvl pretrain`` runs it) against a bare PyTorch
 loop doing the same forward, backward, clipping, optimiser and schedule steps on the same
-batches, in the same run.
+batches, in the same run, with the same choice of deterministic algorithms.
 
 Run: python benchmarks/pretrain_throughput.py [--models plip_tiny,plip_rn50] [--threads 1]
          [--tiny-batch 16] [--tiny-steps 20] [--rn50-batch 4] [--rn50-steps 2] [--warmup 2]
@@ -85,6 +85,9 @@ def child(runner: str, model: str, batch_size: int, steps: int, warmup: int, thr
     clip = config.trainer.gradient_clip_val
 
     if runner == "bare":
+        # The same kernels as the engine, which runs with deterministic algorithms by default
+        # (trainer.deterministic): the ratio is then the engine's own cost, not a kernel choice.
+        torch.use_deterministic_algorithms(config.trainer.deterministic)
         optimizer = build_optimizer(method.parameter_groups(), config.optim)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_cosine(s, total, config.optim.warmup_steps, config.optim.min_lr_ratio))
@@ -112,6 +115,7 @@ def child(runner: str, model: str, batch_size: int, steps: int, warmup: int, thr
         # The recipe's trainer settings that change the work (clipping, logging cadence) on one
         # CPU process in float32; checkpoints only after the timed steps.
         trainer = build_trainer(TrainerConfig(max_steps=total, accelerator="cpu", precision="32-true",
+                                              deterministic=config.trainer.deterministic,
                                               gradient_clip_val=clip, checkpoint_every_n_steps=10 ** 9,
                                               log_every_n_steps=config.trainer.log_every_n_steps,
                                               progress_bar=False), work / "run")
