@@ -119,3 +119,15 @@ def test_per_module_learning_rates_and_frozen_parameters():
     assert len(optimizer.param_groups[1]["params"]) == 1   # the frozen weight is left out
     with pytest.raises(UsageError, match="unknown optimiser 'lamb'"):
         build_optimizer([{"params": image.parameters()}], OptimConfig(name="lamb"))
+
+
+def test_a_step_bounded_run_shows_no_negative_epoch_total(tmp_path):
+    from personvl.training.trainer import TrainerConfig, build_trainer
+
+    trainer = build_trainer(TrainerConfig(max_steps=10, accelerator="cpu"), tmp_path)
+    bar = trainer.progress_bar_callback
+    assert trainer.max_epochs == -1 and bar is not None
+    bar._trainer = trainer          # what Lightning sets when fitting starts
+    assert bar._get_train_description(3).strip() == "Epoch 3"     # Lightning's own bar says "Epoch 3/-2"
+    quiet = build_trainer(TrainerConfig(max_steps=10, accelerator="cpu", progress_bar=False), tmp_path / "quiet")
+    assert quiet.progress_bar_callback is None

@@ -36,6 +36,28 @@ class TrainerConfig:
     progress_bar: bool = True
 
 
+def _progress_bars(enabled: bool) -> list[pl.Callback]:
+    """Lightning's rich bar where rich is installed, without its epoch total: a run bounded by
+    steps has none, and Lightning would title the bar "Epoch 3/-2"."""
+    if not enabled:
+        return []
+    try:
+        from lightning.pytorch.callbacks import RichProgressBar
+    except ImportError:
+        return []
+
+    class StepBoundedProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
+                return f"Epoch {current_epoch}"
+            return super()._get_train_description(current_epoch)
+
+    try:
+        return [StepBoundedProgressBar()]
+    except (ImportError, ModuleNotFoundError):   # RichProgressBar needs the rich package
+        return []
+
+
 def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
     """A Trainer writing checkpoints (atomic, the last K kept, plus ``last.ckpt``), CSV and
     TensorBoard logs under ``out_dir``."""
@@ -67,7 +89,7 @@ def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
         deterministic=config.deterministic,
         enable_progress_bar=config.progress_bar,
         enable_model_summary=False,
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, *_progress_bars(config.progress_bar)],
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
