@@ -271,6 +271,8 @@ def test_t2i_finetuned_from_scratch_is_well_above_a_random_ranking(medium_world,
     assert metrics["mAP"] > 1.5 * chance["mAP"] and metrics["R1"] > 2 * chance["R1"], (metrics, chance)
 
 
-def test_attributes_finetuned_from_scratch_beat_random_scores(medium_world, tmp_path):
-    metrics, root = _finetune_from_scratch(medium_world, tmp_path, "attributes", 300)
-    assert metrics["mA"] > _attribute_chance(root) + 5
+def test_attributes_finetuned_from_scratch_beat_random_scores(large_world, tmp_path):
+    # Whole pictures, as for t2i; on 200 identities the same run stays near mA 58.
+    metrics, root = _finetune_from_scratch(large_world, tmp_path, "attributes", 300, "data.transform=plip")
+    chance = _attribute_chance(root)
+    assert metrics["mA"] > 60 and metrics["mA"] > chance + 8, (metrics["mA"], chance)
