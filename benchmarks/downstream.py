@@ -1,8 +1,10 @@
 """Downstream transfer on a synthetic world: fine-tuning from the pre-trained plip_tiny encoder
 against fine-tuning from random initialisation, same architecture, steps and data.
 
-Run: python benchmarks/downstream.py [--identities 200] [--pretrain-steps 600] [--steps 150]
+Run: python benchmarks/downstream.py [--identities 200] [--pretrain-steps 600] [--steps 400]
                                      [--out runs/bench_downstream] [--pretrained DIR]
+The published figures take the quickstart's encoder (pre-trained on another, 1,500-identity
+world): --pretrained personvl-quickstart/pretrain/model.
 
 Steps: generate a world; pre-train tiny-plip-rn50 with configs/pretrain/plip_tiny.yaml on its
 cuhk-pedes train split (or take --pretrained, a saved model folder); evaluate the pre-trained
@@ -34,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=200)
     parser.add_argument("--pretrain-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps per task and start")
+    parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps per task and start")
     parser.add_argument("--out", default="runs/bench_downstream")
     parser.add_argument("--pretrained", default=None, help="a saved model folder to use instead of pre-training")
     parser.add_argument("--threads", type=int, default=1)
