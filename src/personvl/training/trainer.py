@@ -37,14 +37,9 @@ class TrainerConfig:
 
 
 def _progress_bars(enabled: bool) -> list[pl.Callback]:
-    """Lightning's rich bar where rich is installed, without its epoch total: a run bounded by
-    steps has none, and Lightning would title the bar "Epoch 3/-2"."""
-    if not enabled:
-        return []
-    try:
-        from lightning.pytorch.callbacks import RichProgressBar
-    except ImportError:
-        return []
+    """Lightning's rich bar (where the rich package is installed), without its epoch total: a
+    run bounded by steps has none, and Lightning would title the bar "Epoch 3/-2"."""
+    from lightning.pytorch.callbacks import RichProgressBar
 
     class StepBoundedProgressBar(RichProgressBar):
         def _get_train_description(self, current_epoch: int) -> str:
@@ -52,9 +47,11 @@ def _progress_bars(enabled: bool) -> list[pl.Callback]:
                 return f"Epoch {current_epoch}"
             return super()._get_train_description(current_epoch)
 
+    if not enabled:
+        return []
     try:
         return [StepBoundedProgressBar()]
-    except (ImportError, ModuleNotFoundError):   # RichProgressBar needs the rich package
+    except ModuleNotFoundError:     # no rich: Lightning falls back to its tqdm bar
         return []
 
 
