@@ -131,3 +131,21 @@ def test_a_step_bounded_run_shows_no_negative_epoch_total(tmp_path):
     assert bar._get_train_description(3).strip() == "Epoch 3"     # Lightning's own bar says "Epoch 3/-2"
     quiet = build_trainer(TrainerConfig(max_steps=10, accelerator="cpu", progress_bar=False), tmp_path / "quiet")
     assert quiet.progress_bar_callback is None
+
+
+def test_lightnings_hosted_logger_advertisement_is_dropped_and_its_other_notices_kept(tmp_path):
+    import logging
+
+    from personvl.training.trainer import TrainerConfig, _WithoutAdvertisements, build_trainer
+
+    build_trainer(TrainerConfig(max_steps=3, accelerator="cpu", progress_bar=False), tmp_path)
+    build_trainer(TrainerConfig(max_steps=3, accelerator="cpu", progress_bar=False), tmp_path / "again")
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    ours = [f for f in logger.filters if isinstance(f, _WithoutAdvertisements)]
+    assert len(ours) == 1                                    # installed once however many trainers
+
+    def record(message):
+        return logging.LogRecord(logger.name, logging.INFO, __file__, 1, message, None, None)
+
+    assert not logger.filter(record("💡 Tip: ... try installing [litlogger](https://pypi.org/project/litlogger/)"))
+    assert logger.filter(record("GPU available: False, used: False"))

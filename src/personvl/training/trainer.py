@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,25 @@ def _progress_bars(enabled: bool) -> list[pl.Callback]:
         return []
 
 
+class _WithoutAdvertisements(logging.Filter):
+    """Drops Lightning's notice recommending a hosted logging service on every run: our runs
+    already log to CSV and TensorBoard beside their outputs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_advertisements() -> None:
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _WithoutAdvertisements) for f in logger.filters):
+        logger.addFilter(_WithoutAdvertisements())
+
+
 def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
     """A Trainer writing checkpoints (atomic, the last K kept, plus ``last.ckpt``), CSV and
     TensorBoard logs under ``out_dir``."""
     out_dir = Path(out_dir)
+    _quiet_advertisements()
     checkpoints = ModelCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,
         filename="step{step:07d}",
