@@ -48,10 +48,7 @@ class PLIPMethod(nn.Module):
             if config.infonce_scale_init <= 0:
                 raise UsageError(f"plip.infonce_scale_init must be positive, got {config.infonce_scale_init}")
             self.logit_scale = nn.Parameter(torch.tensor(math.log(config.infonce_scale_init)))
-        height, width = encoder.config.preprocess.input_size
-        with torch.no_grad():
-            probe = encoder.image_features(torch.zeros(1, 3, height, width))
-        channels = [m.shape[1] for m in probe.maps]
+        channels = list(encoder.visual.pyramid_channels)
         mean, std = encoder.config.preprocess.mean, encoder.config.preprocess.std
         self.register_buffer("mean", torch.tensor(mean), persistent=False)
         self.register_buffer("std", torch.tensor(std), persistent=False)

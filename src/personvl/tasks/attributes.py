@@ -27,10 +27,10 @@ from torch import nn
 from personvl.config import load_config
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import (
-    MODEL_DIR, check_mode, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, ShuffledBatches, elapsed,
-    embed_records, evaluation_place, evaluation_setting, fit_probe, model_transform, open_encoder, probe_selection,
-    random_batches, read_split, read_task_head, save_task_head, start_run, train_and_select, training_loader,
-    validation_split, write_summary,
+    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, ShuffledBatches, check_mode,
+    elapsed, embed_records, evaluation_place, evaluation_setting, fit_probe, model_transform, open_encoder,
+    probe_selection, random_batches, read_split, read_task_head, save_task_head, start_run, train_and_select,
+    training_loader, validation_split, write_summary,
 )
 from personvl.training.optim import OptimConfig
 from personvl.training.trainer import TrainerConfig

@@ -124,7 +124,15 @@ class TextToImageMethod(nn.Module):
         self.classifier = nn.Linear(encoder.embed_dim, num_identities)
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
-        self.irr_head = _relation_head(encoder) if losses.objective == "irra" and losses.irr_weight else None
+        self.irr_head = None
+        if losses.objective == "irra" and losses.irr_weight:
+            self.irr_head = _relation_head(encoder)
+            # Which ids IRR may mask, and which may replace a masked token: fixed by the tokenizer.
+            tokenizer = encoder.tokenizer
+            self._special_ids = torch.tensor(tokenizer.special_token_ids, dtype=torch.long)
+            vocabulary = torch.arange(tokenizer.vocab_size)
+            not_ordinary = torch.cat([self._special_ids, torch.tensor([tokenizer.mask_token_id])])
+            self._replacement_ids = vocabulary[~torch.isin(vocabulary, not_ordinary)]
 
     def forward(self, batch: dict, progress: float = 0.0, step: int = 0) -> dict[str, torch.Tensor]:
         from personvl.models import TokenBatch
@@ -162,16 +170,12 @@ class TextToImageMethod(nn.Module):
         from personvl.models import TokenBatch
         from personvl.objectives import masked_token_loss, random_token_mask
 
-        tokenizer = self.encoder.tokenizer
         ids = tokens.input_ids.cpu()
-        specials = torch.tensor(tokenizer.special_token_ids, dtype=ids.dtype)
-        maskable = tokens.attention_mask.cpu().bool() & ~torch.isin(ids, specials)
-        ordinary = torch.arange(tokenizer.vocab_size)
-        ordinary = ordinary[~torch.isin(ordinary, torch.cat([specials, torch.tensor([tokenizer.mask_token_id])]))]
+        maskable = tokens.attention_mask.cpu().bool() & ~torch.isin(ids, self._special_ids.to(ids.dtype))
         # Seeded from the step, so a resumed run masks the same tokens as an uninterrupted one.
         generator = torch.Generator().manual_seed(1_000_003 + step)
-        masked, labels = random_token_mask(ids, maskable, self.losses.irr_mask_ratio, tokenizer.mask_token_id,
-                                           ordinary, generator)
+        masked, labels = random_token_mask(ids, maskable, self.losses.irr_mask_ratio,
+                                           self.encoder.tokenizer.mask_token_id, self._replacement_ids, generator)
         device = tokens.input_ids.device
         states = self.encoder.text_features(TokenBatch(masked.to(device), tokens.attention_mask)).tokens
         logits = self.irr_head(states, image_features.embedding, image_features.maps[-1])
@@ -190,14 +194,8 @@ def _relation_head(encoder):
     from personvl.methods.base import attention_heads
     from personvl.models.heads import MaskedTokenPredictor
 
-    height, width = encoder.config.preprocess.input_size
-    was_training = encoder.training
-    encoder.eval()
-    with torch.no_grad():
-        channels = encoder.image_features(torch.zeros(1, 3, height, width)).maps[-1].shape[1]
-    encoder.train(was_training)
     return MaskedTokenPredictor(text_dim=encoder.text.width, vocab_size=encoder.tokenizer.vocab_size,
-                                image_dim=encoder.embed_dim, map_channels=channels,
+                                image_dim=encoder.embed_dim, map_channels=encoder.visual.pyramid_channels[-1],
                                 heads=attention_heads(encoder.text.width))
 
 

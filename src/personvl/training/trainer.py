@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from personvl.errors import PersonvlError
@@ -37,22 +37,22 @@ class TrainerConfig:
     progress_bar: bool = True
 
 
+class StepBoundedProgressBar(RichProgressBar):
+    """Lightning's rich bar without its epoch total: a run bounded by steps has none, and
+    Lightning would title the bar "Epoch 3/-2"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
+            return f"Epoch {current_epoch}"
+        return super()._get_train_description(current_epoch)
+
+
 def _progress_bars(enabled: bool) -> list[pl.Callback]:
-    """Lightning's rich bar (where the rich package is installed), without its epoch total: a
-    run bounded by steps has none, and Lightning would title the bar "Epoch 3/-2"."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    class StepBoundedProgressBar(RichProgressBar):
-        def _get_train_description(self, current_epoch: int) -> str:
-            if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
-                return f"Epoch {current_epoch}"
-            return super()._get_train_description(current_epoch)
-
     if not enabled:
         return []
     try:
         return [StepBoundedProgressBar()]
-    except ModuleNotFoundError:     # no rich: Lightning falls back to its tqdm bar
+    except ModuleNotFoundError:     # no rich package: Lightning falls back to its tqdm bar
         return []
 
 
