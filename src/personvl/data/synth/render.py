@@ -120,6 +120,59 @@ def _quad(*points: tuple[float, float]) -> np.ndarray:
     return np.array(points, dtype=float)
 
 
+def _shade(rgb: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
+    """``rgb`` darkened (factor < 1) or lightened towards white (factor > 1)."""
+    if factor <= 1:
+        return tuple(int(round(c * factor)) for c in rgb)
+    return tuple(int(round(c + (255 - c) * (factor - 1))) for c in rgb)
+
+
+def _contrasting_neutral(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A white or near-black that stands out against ``rgb`` (an open jacket's inner layer)."""
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (236, 236, 232) if luminance < 140 else (38, 38, 42)
+
+
+def garment_details(upper_type: str, label: int, rgb: tuple[int, int, int], view: str, facing: int, h: float,
+                    shoulder_w: float, shoulder_y: float, bottom_y: float, bottom_w: float) -> list[Shape]:
+    """What tells upper garments of one shape apart, sized to survive a 4x downscale: a
+    jacket's open front (a dark yoke from behind), a shirt's light collar and button placket, a
+    sweater's ribbed hem band; a t-shirt is plain and a coat is long."""
+    shapes: list[Shape] = []
+    side = view == "side"
+    centre = facing * shoulder_w * 0.55 if side else 0.0
+    neck_y = shoulder_y + 0.005 * h
+    if upper_type == "jacket":
+        if view == "back":   # a dark yoke across the shoulders, wider than long hair
+            shapes.append(Shape(label, _shade(rgb, 0.55), _quad(
+                (-shoulder_w, neck_y), (shoulder_w, neck_y),
+                (shoulder_w * 0.97, neck_y + 0.055 * h), (-shoulder_w * 0.97, neck_y + 0.055 * h))))
+        else:
+            half = 0.035 * h if not side else 0.02 * h
+            shapes.append(Shape(label, _contrasting_neutral(rgb), _quad(
+                (centre - half, neck_y), (centre + half, neck_y),
+                (centre + half * 1.2, bottom_y), (centre - half * 1.2, bottom_y))))
+    elif upper_type == "shirt":
+        collar = _shade(rgb, 1.6)
+        if view != "back":
+            shapes.append(Shape(label, _shade(rgb, 0.5), _quad(
+                (centre - 0.008 * h, neck_y), (centre + 0.008 * h, neck_y),
+                (centre + 0.008 * h, bottom_y), (centre - 0.008 * h, bottom_y))))
+            for sx in (-1, 1):
+                shapes.append(Shape(label, collar, _quad(
+                    (centre + sx * 0.004 * h, neck_y - 0.012 * h), (centre + sx * 0.055 * h, neck_y - 0.012 * h),
+                    (centre + sx * 0.03 * h, neck_y + 0.045 * h))))
+        else:
+            shapes.append(Shape(label, collar, _quad(
+                (-0.055 * h, neck_y - 0.012 * h), (0.055 * h, neck_y - 0.012 * h),
+                (0.045 * h, neck_y + 0.03 * h), (-0.045 * h, neck_y + 0.03 * h))))
+    elif upper_type == "sweater":
+        shapes.append(Shape(label, _shade(rgb, 0.6), _quad(
+            (-bottom_w, bottom_y - 0.045 * h), (bottom_w, bottom_y - 0.045 * h),
+            (bottom_w, bottom_y), (-bottom_w, bottom_y))))
+    return shapes
+
+
 def figure_shapes(appearance: dict[str, str], pose: Pose) -> list[Shape]:
     """The polygons of a person, back to front, in the body frame (y down, feet at 0)."""
     a = appearance
@@ -140,9 +193,11 @@ def figure_shapes(appearance: dict[str, str], pose: Pose) -> list[Shape]:
     if side:
         shoulder_w, hip_w = 0.062 * h * build, 0.072 * h * build
     else:
-        shoulder_w = 0.118 * h * build * (0.9 if woman else 1.0)
-        hip_w = 0.094 * h * build * (1.08 if woman else 1.0)
-    arm_len, arm_w = 0.36 * h, 0.052 * h * build
+        # Build scales both; gender changes their ratio (narrower shoulders, wider hips and a
+        # waist), so that a figure's gender shows whatever its build.
+        shoulder_w = 0.118 * h * build * (0.8 if woman else 1.0)
+        hip_w = 0.094 * h * build * (1.16 if woman else 1.0)
+    arm_len, arm_w = 0.36 * h, 0.052 * h * build * (0.82 if woman else 1.0)
     leg_len, leg_w = hip_y * -1 + ankle_y, 0.072 * h * build
 
     swing = math.sin(pose.phase)
@@ -184,8 +239,13 @@ def figure_shapes(appearance: dict[str, str], pose: Pose) -> list[Shape]:
         # leg, lower garment over it, shoe
         lx, la = leg_x[index], leg_angles[index]
         shapes.append(Shape(LABEL[f"{side_name}_leg"], skin, _limb(lx, hip_y, la, leg_len, leg_w)))
-        if a["lower_type"] in ("trousers", "jeans"):
-            shapes.append(Shape(LABEL["pants"], lower_rgb, _limb(lx, hip_y, la, leg_len, leg_w * 1.08, 0, 0.97)))
+        if a["lower_type"] == "trousers":
+            shapes.append(Shape(LABEL["pants"], lower_rgb, _limb(lx, hip_y, la, leg_len, leg_w * 1.16, 0, 0.97)))
+        elif a["lower_type"] == "jeans":
+            # Jeans: close-fitting, with a faded front and turned-up light cuffs.
+            shapes.append(Shape(LABEL["pants"], lower_rgb, _limb(lx, hip_y, la, leg_len, leg_w * 1.0, 0, 0.97)))
+            shapes.append(Shape(LABEL["pants"], _shade(lower_rgb, 1.28), _limb(lx, hip_y, la, leg_len, leg_w * 0.42, 0.12, 0.5)))
+            shapes.append(Shape(LABEL["pants"], _shade(lower_rgb, 1.5), _limb(lx, hip_y, la, leg_len, leg_w * 1.1, 0.88, 0.97)))
         elif a["lower_type"] == "shorts":
             shapes.append(Shape(LABEL["pants"], lower_rgb, _limb(lx, hip_y, la, leg_len, leg_w * 1.15, 0, 0.42)))
         fx, fy = _limb_end(lx, hip_y, la, leg_len)
@@ -200,6 +260,9 @@ def figure_shapes(appearance: dict[str, str], pose: Pose) -> list[Shape]:
         shapes = [Shape(LABEL[f"{side_name}_arm"], skin, _limb(ax, shoulder_y + 0.02 * h, aa, arm_len, arm_w))]
         shapes.append(Shape(upper_label, upper_rgb,
                             _limb(ax, shoulder_y + 0.02 * h, aa, arm_len, arm_w * 1.12, 0, sleeve_stop), pattern))
+        if a["upper_type"] == "sweater":   # ribbed cuffs
+            shapes.append(Shape(upper_label, _shade(upper_rgb, 0.6),
+                                _limb(ax, shoulder_y + 0.02 * h, aa, arm_len, arm_w * 1.16, sleeve_stop - 0.12, sleeve_stop)))
         return shapes
 
     # --- legs and lower garments
@@ -245,9 +308,13 @@ def figure_shapes(appearance: dict[str, str], pose: Pose) -> list[Shape]:
         torso_bottom, bottom_w = -0.25 * h, hip_w * 1.18
     elif a["upper_type"] == "dress":
         torso_bottom, bottom_w = -0.22 * h, hip_w * 1.45
-    torso = _quad((-shoulder_w, shoulder_y), (shoulder_w, shoulder_y), (hip_w * 0.98, hip_y - 0.04 * h),
-                  (bottom_w, torso_bottom), (-bottom_w, torso_bottom), (-hip_w * 0.98, hip_y - 0.04 * h))
+    waist_y = 0.45 * shoulder_y + 0.55 * hip_y
+    waist_w = hip_w * 0.72 if woman and not side else 0.45 * shoulder_w + 0.55 * hip_w
+    torso = _quad((-shoulder_w, shoulder_y), (shoulder_w, shoulder_y), (waist_w, waist_y), (hip_w * 0.98, hip_y - 0.04 * h),
+                  (bottom_w, torso_bottom), (-bottom_w, torso_bottom), (-hip_w * 0.98, hip_y - 0.04 * h), (-waist_w, waist_y))
     body.append(Shape(upper_label, upper_rgb, torso, pattern))
+    body += garment_details(a["upper_type"], upper_label, upper_rgb, view, facing, h,
+                            shoulder_w, shoulder_y, torso_bottom, bottom_w)
 
     # --- head: face, then hair over it
     if view == "back":
