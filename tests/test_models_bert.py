@@ -54,6 +54,30 @@ def test_text_tower_from_a_bert_folder_reproduces_the_pooler_output_with_real_to
     assert (ours - torch.nn.functional.normalize(pooled, dim=-1)).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("pooling", ["pooler", "max"])
+def test_text_tower_skips_all_padding_columns_with_the_same_states_and_embedding(pooling):
+    torch.manual_seed(0)
+    tower = create_model("tiny-plip-rn50", text_pooling=pooling).text.eval()
+    ids = torch.zeros(2, 64, dtype=torch.long)
+    mask = torch.zeros(2, 64, dtype=torch.long)
+    for i, expected in enumerate(EXPECTED_IDS):
+        ids[i, :len(expected)] = torch.tensor(expected)
+        mask[i, :len(expected)] = 1
+    with torch.no_grad():
+        full = tower.bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+        states, pooled = tower.forward_tokens(ids, mask)
+    assert states.shape == (2, 64, tower.width)
+    longest = len(EXPECTED_IDS[1])
+    assert torch.allclose(states[:, :longest], full.last_hidden_state[:, :longest], atol=1e-5)
+    assert states[:, longest:].abs().max() == 0
+    if pooling == "pooler":
+        assert torch.allclose(pooled, full.pooler_output, atol=1e-5)
+    else:
+        padding = (mask == 0).unsqueeze(-1)
+        expected = full.last_hidden_state.masked_fill(padding, float("-inf")).max(dim=1).values
+        assert torch.allclose(pooled, expected, atol=1e-5)
+
+
 def test_bert_folder_of_another_architecture_is_refused_by_field(tmp_path):
     _bert_folder(tmp_path / "bert", num_hidden_layers=3, hidden_act="relu")
     with pytest.raises(PersonvlError, match="num_hidden_layers 3 \\(model: 2\\).*hidden_act 'relu' \\(model: 'gelu'\\)"):

@@ -50,7 +50,15 @@ class BertTower(nn.Module):
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states [B, L, width] and the embedding [B, output_dim]."""
+        """Token states [B, L, width] and the embedding [B, output_dim].
+
+        Columns that are padding in every row are not run: captions padded to a tokenizer's
+        ``max_length`` are mostly padding, and a padding position changes no other position's
+        state. Their states come back as zeros, so the shape is still [B, L, width]."""
+        full_length = input_ids.shape[1]
+        used = attention_mask.any(dim=0).nonzero()
+        length = int(used.max()) + 1 if len(used) else 1
+        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
                         token_type_ids=torch.zeros_like(input_ids))
         states = out.last_hidden_state
@@ -63,6 +71,8 @@ class BertTower(nn.Module):
             pooled = states.masked_fill(padding, torch.finfo(states.dtype).min).max(dim=1).values
         if self.projection is not None:
             pooled = self.projection(pooled)
+        if length < full_length:
+            states = nn.functional.pad(states, (0, 0, 0, full_length - length))
         return states, pooled
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
