@@ -69,6 +69,45 @@ def test_infonce_ivlc_starts_from_the_configured_scale():
         PLIPMethod(encoder, PLIPConfig(ivlc_loss="infonce", infonce_scale_init=0.0))
 
 
+def test_iap_scores_the_masked_positions_exactly_as_the_head_over_every_position():
+    from personvl.objectives import masked_token_loss, masking_ratio_schedule, whole_word_mask
+
+    torch.manual_seed(0)
+    encoder = create_model("tiny-plip-rn50", text_pooling="max", frozen_text_layers=0).eval()
+    method = PLIPMethod(encoder, PLIPConfig(decoder_width=16, tic_weight=0.0, seed=3)).eval()
+    batch = _batch(encoder)
+    batch["input_ids"][1::2] = encoder.tokenizer(["a man with a blue backpack and grey shorts"] * 4).input_ids
+    with torch.no_grad():
+        ours = method(batch, progress=0.7, step=5)["iap"]
+        # The same draw of masked words, and the head run over every position of every caption.
+        hf = encoder.tokenizer.hf
+        word_ids, words = wordpiece_words(hf, batch["input_ids"])
+        generator = torch.Generator().manual_seed(3 * 1_000_003 + 5)
+        masked_ids, labels = whole_word_mask(batch["input_ids"], word_ids, masking_ratio_schedule(0.7, 0.2, 0.8),
+                                             hf.mask_token_id, generator,
+                                             candidate_words=[attribute_word_indices(w) for w in words])
+        image = encoder.image_features(batch["image"])
+        states = encoder.text.forward_tokens(masked_ids, batch["attention_mask"])[0]
+        logits = method.iap_head(states, image.embedding, image.maps[-1])
+    assert (labels != -100).sum() > 8
+    assert ours.item() == pytest.approx(masked_token_loss(logits, labels).item(), rel=1e-5)
+
+
+def test_tic_colorizes_the_first_images_only_when_asked():
+    torch.manual_seed(0)
+    encoder = create_model("tiny-plip-rn50").eval()
+    batch = _batch(encoder)
+    method = PLIPMethod(encoder, PLIPConfig(decoder_width=16, iap_weight=0.0, tic_images=3)).eval()
+    with torch.no_grad():
+        first = method(batch, progress=0.0)["tic"]
+        batch["image"][3:] = torch.randn_like(batch["image"][3:])     # the images it leaves out
+        assert method(batch, progress=0.0)["tic"].item() == pytest.approx(first.item())
+        batch["image"][:3] = torch.randn_like(batch["image"][:3])
+        assert method(batch, progress=0.0)["tic"].item() != pytest.approx(first.item())
+    with pytest.raises(UsageError, match="plip.tic_images must be a positive number"):
+        PLIPMethod(encoder, PLIPConfig(tic_images=0))
+
+
 def test_wordpiece_words_and_attribute_words():
     encoder = create_model("tiny-plip-rn50")
     hf = encoder.tokenizer.hf
