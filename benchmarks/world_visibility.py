@@ -2,7 +2,7 @@
 trained from scratch to classify them (one linear head per fact) on the train identities,
 scored on the held-out ones against the majority class.
 
-Run: python benchmarks/world_visibility.py [--world DIR] [--identities 1500] [--steps 800]
+Run: python benchmarks/world_visibility.py [--world DIR] [--identities 1500] [--test-fraction 0.2] [--steps 800]
 With --world, an existing world (e.g. personvl-quickstart/world) is used; otherwise one of the
 quickstart's size is generated under --out. A fact the renderer does not draw stays at the
 majority however long the tower trains.
@@ -40,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, help="an existing synthetic world")
     parser.add_argument("--identities", type=int, default=1500)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_world_visibility"))
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch", type=int, default=64)
@@ -48,12 +49,12 @@ def main() -> None:
 
     from personvl.data.synth import generate_world
     from personvl.models import create_model
-    from personvl.quickstart import QUICKSTART_MODEL, QUICKSTART_MODEL_OPTIONS, QUICKSTART_TEST_FRACTION
+    from personvl.quickstart import QUICKSTART_MODEL, QUICKSTART_MODEL_OPTIONS
 
     world = args.world
     if world is None:
         world = args.out / "world"
-        generate_world(world, args.identities, progress=False, test_fraction=QUICKSTART_TEST_FRACTION)
+        generate_world(world, args.identities, progress=False, test_fraction=args.test_fraction)
     torch.manual_seed(args.seed)
     model = create_model(QUICKSTART_MODEL, **QUICKSTART_MODEL_OPTIONS)
     tower = model.visual.train()

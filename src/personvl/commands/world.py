@@ -52,7 +52,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    from personvl.quickstart import QUICKSTART_IDENTITIES
+    from personvl.quickstart import QUICKSTART_IDENTITIES, QUICKSTART_STEPS
 
     quick = commands.add_parser(
         "quickstart", help="generate a synthetic world, pre-train a tiny PLIP encoder on it and evaluate it",
@@ -63,7 +63,7 @@ def register(commands) -> None:
                     "plots and the world's contact sheet.")
     quick.add_argument("--out", default="personvl-quickstart", metavar="DIR",
                        help="output directory (default: %(default)s)")
-    quick.add_argument("--steps", type=integer, default=800, metavar="N",
+    quick.add_argument("--steps", type=integer, default=QUICKSTART_STEPS, metavar="N",
                        help="pre-training steps (default: %(default)s)")
     _add_world_arguments(quick, identities_default=QUICKSTART_IDENTITIES)
     quick.set_defaults(handler=_cmd_quickstart)
