@@ -266,7 +266,9 @@ def test_reid_finetuned_from_scratch_is_well_above_a_random_ranking(medium_world
 
 def test_t2i_finetuned_from_scratch_is_well_above_a_random_ranking(medium_world, tmp_path):
     # Without the recipe's erasing and crops: a short run from scratch learns faster on whole pictures.
-    metrics, root = _finetune_from_scratch(medium_world, tmp_path, "t2i", 300, "data.transform=plip")
+    # At the shared 3e-3 this run ends barely above chance, and where it ends moves with the last
+    # bits of the text tower's sums; at 1e-3 (the quickstart's rate) it is steadier.
+    metrics, root = _finetune_from_scratch(medium_world, tmp_path, "t2i", 400, "data.transform=plip", "optim.lr=0.001")
     chance = _t2i_chance(root)
     assert metrics["mAP"] > 1.5 * chance["mAP"] and metrics["R1"] > 2 * chance["R1"], (metrics, chance)
 
