@@ -28,6 +28,16 @@ def _bert_folder(path, vocab_size=None, pooler=True, **changes):
     return bert
 
 
+def _padded(rows, length=64):
+    """Token ids and attention mask of ``rows`` padded to ``length``, as the tokenizer pads."""
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
 def _write_vocab(path):
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
@@ -43,11 +53,7 @@ def test_text_tower_from_a_bert_folder_reproduces_the_pooler_output_with_real_to
     for row, expected in zip(batch.input_ids.tolist(), EXPECTED_IDS):
         assert row[:len(expected)] == expected and set(row[len(expected):]) == {0}
     assert model.tokenizer.vocab_size == len(VOCAB)
-    ids = torch.zeros(2, 64, dtype=torch.long)
-    mask = torch.zeros(2, 64, dtype=torch.long)
-    for i, expected in enumerate(EXPECTED_IDS):
-        ids[i, :len(expected)] = torch.tensor(expected)
-        mask[i, :len(expected)] = 1
+    ids, mask = _padded(EXPECTED_IDS)
     with torch.no_grad():
         pooled = bert(input_ids=ids, attention_mask=mask).pooler_output
         ours = model.encode_text(TEXTS)
@@ -58,11 +64,7 @@ def test_text_tower_from_a_bert_folder_reproduces_the_pooler_output_with_real_to
 def test_text_tower_skips_all_padding_columns_with_the_same_states_and_embedding(pooling):
     torch.manual_seed(0)
     tower = create_model("tiny-plip-rn50", text_pooling=pooling).text.eval()
-    ids = torch.zeros(2, 64, dtype=torch.long)
-    mask = torch.zeros(2, 64, dtype=torch.long)
-    for i, expected in enumerate(EXPECTED_IDS):
-        ids[i, :len(expected)] = torch.tensor(expected)
-        mask[i, :len(expected)] = 1
+    ids, mask = _padded(EXPECTED_IDS)
     with torch.no_grad():
         full = tower.bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
         states, pooled = tower.forward_tokens(ids, mask)
