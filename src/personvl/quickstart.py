@@ -32,7 +32,7 @@ QUICKSTART_MODEL_OPTIONS = {"image_width": 16, "text_width": 128, "text_pooling"
                             "image_size": [64, 32]}
 QUICKSTART_IDENTITIES_PER_BATCH = 32
 QUICKSTART_STEPS = 1200
-# TIC colorizes a quarter of each batch: it keeps its place in the recipe for about a fifth less
+# TIC colorizes a quarter of each batch: it keeps its place in the recipe for about a quarter less
 # time per step, and the steps saved go to the contrast that retrieval learns from.
 QUICKSTART_TIC_IMAGES = 16
 METRICS_FILE = "metrics.json"

@@ -36,7 +36,7 @@ class PLIPConfig:
     decoder_width: int = 1024          # channels of the fused colorization map
     # Colorize only the first N images of each batch (None: all of them, as the paper does).
     # TIC runs the image tower a second time, on the grey images; on a CPU a quarter of the
-    # batch keeps the objective for about a fifth less time per step on the tiny recipe.
+    # batch keeps the objective for about a quarter less time per step on the tiny recipe.
     tic_images: int | None = None
     text_lr_scale: float = 0.1         # BERT learns at a tenth of the base rate
     seed: int = 0                      # masking draws, per step
