@@ -16,7 +16,7 @@ from personvl.data import (
     IdentitySampler, PersonImageDataset, PersonRecord, ShardImageDataset, build_transform, collate_samples, write_shards)
 from personvl.data.records import DatasetSplit
 from personvl.data.shards import assigned_shards
-from personvl.data.datasets import choose_caption
+from personvl.data.datasets import choose_caption, preload_images
 
 
 def test_recipes_set_size_and_normalisation():
@@ -130,6 +130,27 @@ def test_dataset_tokenises_in_workers_and_skips_unreadable_images(tmp_path, capl
     with caplog.at_level("WARNING", logger="personvl.data"):
         assert dataset[3] is None
     assert "skipped unreadable image" in caplog.text and "3.jpg" in caplog.text and dataset.skipped == 1
+
+
+def test_preloaded_images_give_the_samples_the_files_give(tmp_path, caplog):
+    items = records(tmp_path, n=4)
+    (tmp_path / "2.jpg").write_bytes(b"not an image at all")
+    with caplog.at_level("WARNING", logger="personvl.data"):
+        images = preload_images(items, (32, 16), threads=2, progress=False)
+    assert [image is None for image in images] == [False, False, True, False]
+    assert images[0].size == (16, 32) and "2.jpg" in caplog.text
+    transform = build_transform("plip", train=True, height=32, width=16)
+    from_files = PersonImageDataset(items, transform, seed=3)
+    preloaded = PersonImageDataset(items, transform, seed=3, images=images)
+    for epoch in (0, 1):
+        from_files.set_epoch(epoch)
+        preloaded.set_epoch(epoch)
+        for index in (0, 1, 3):
+            expected, got = from_files[index], preloaded[index]
+            assert torch.equal(got["image"], expected["image"]) and got["caption"] == expected["caption"]
+    assert preloaded[2] is None and preloaded.skipped == 1
+    with pytest.raises(ValueError, match="3 preloaded images for 4 records"):
+        PersonImageDataset(items, transform, images=images[:3])
 
 
 def test_epoch_reaches_persistent_workers(tmp_path):

@@ -151,3 +151,25 @@ def test_every_epoch_draws_new_batches_and_captions(small_world, tmp_path):
     assert [indices for indices, _ in first] != [indices for indices, _ in second]
     captions = [{i: c for indices, texts in epoch for i, c in zip(indices, texts)} for epoch in (first, second)]
     assert any(captions[0][i] != captions[1][i] for i in captions[0].keys() & captions[1].keys())
+
+
+def test_in_memory_data_gives_the_batches_the_files_give(small_world):
+    world, _ = small_world
+    records = load_dataset("cuhk-pedes", world / "cuhk-pedes", "train")
+    tokenizer = create_model("tiny-plip-rn50").tokenizer
+    transform = build_transform("plip", train=True, height=32, width=16)
+    loaders = []
+    for in_memory in (False, True):
+        config = DataConfig(identities_per_batch=4, images_per_identity=2, workers=0, in_memory=in_memory)
+        data = PretrainData(config, records, transform, tokenizer, seed=0, image_size=(32, 16), progress=False)
+        loaders.append(data.train_dataloader())
+    batches = [[batch for _, batch in zip(range(6), loader)] for loader in loaders]   # into the second epoch
+    for from_files, in_memory in zip(*batches):
+        assert from_files.keys() == in_memory.keys()
+        for key, value in from_files.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, in_memory[key]), key
+            else:
+                assert value == in_memory[key], key
+    with pytest.raises(ValueError, match="image_size"):
+        PretrainData(DataConfig(in_memory=True), records, transform, tokenizer, seed=0)

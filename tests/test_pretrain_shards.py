@@ -102,6 +102,9 @@ def test_bad_shard_roots_give_clear_errors(shards, tmp_path):
     with pytest.raises(UsageError, match=r"no 'test' shards \(splits: train\)"):
         pretrain(RECIPE, [f"data.root={shards}", "data.split=test", f"output_dir={tmp_path / 'b'}", *COMMON],
                  echo=lambda *_: None)
+    with pytest.raises(UsageError, match=r"data.in_memory holds a dataset split in memory; shards stream"):
+        pretrain(RECIPE, [f"data.root={shards}", f"output_dir={tmp_path / 'd'}", *COMMON, "data.in_memory=true"],
+                 echo=lambda *_: None)
     with pytest.raises(UsageError, match=r"data.batch_size=64 exceeds the \d+ samples each of 1 rank\(s\) x 1"):
         pretrain(RECIPE, [f"data.root={shards}", f"output_dir={tmp_path / 'c'}", *COMMON, "data.batch_size=64"],
                  echo=lambda *_: None)

@@ -91,12 +91,49 @@ class _EpochCounter:
         self.value.fill_(epoch)
 
 
+def preload_images(records: Sequence[PersonRecord], size: tuple[int, int], *, threads: int | None = None,
+                   progress: bool = True) -> list[Image.Image | None]:
+    """Every record's image decoded and resized to ``size`` (height, width) with the bicubic
+    filter of the training transforms, which then leave it as it is: samples built from these
+    are the ones the files give, without the decoding and resizing that take most of a loader
+    worker's time on small crops. An unreadable image is None (a warning names it), and a
+    dataset given these images skips it as it would skip the file.
+
+    Decoding runs on ``threads`` threads (default: the CPU count); Pillow releases the
+    interpreter lock while it decodes and resizes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+    from tqdm.auto import tqdm
+
+    height, width = size
+
+    def load(path: str) -> Image.Image | None:
+        try:
+            return F.resize(open_image(path), [height, width], InterpolationMode.BICUBIC)
+        except IMAGE_ERRORS as exc:
+            logger.warning("skipped unreadable image %s (%s)", path, exc)
+            return None
+
+    paths = [record.image_path for record in records]
+    with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1)) as pool:
+        return list(tqdm(pool.map(load, paths, chunksize=64), total=len(paths), unit="img",
+                         desc=f"decoding images at {height}x{width}", disable=not progress))
+
+
 class PersonImageDataset(Dataset):
-    """Map-style dataset over records whose images are files (any ``load_dataset`` split)."""
+    """Map-style dataset over records whose images are files (any ``load_dataset`` split), or
+    already decoded: ``images`` from ``preload_images``, one per record."""
 
     def __init__(self, records: Sequence[PersonRecord], transform: Callable | None = None,
-                 tokenizer: Callable[[str], Any] | None = None, seed: int = 0) -> None:
+                 tokenizer: Callable[[str], Any] | None = None, seed: int = 0,
+                 images: Sequence[Image.Image | None] | None = None) -> None:
+        if images is not None and len(images) != len(records):
+            raise ValueError(f"{len(images)} preloaded images for {len(records)} records")
         self.records = records
+        self.images = images
         self.build = SampleBuilder(transform, tokenizer, seed)
         self._epoch = _EpochCounter()
         self.skipped = 0   # in this process; batches carry the count from every worker
@@ -109,6 +146,12 @@ class PersonImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
+        if self.images is not None:
+            image = self.images[index]
+            if image is None:       # preload_images named it
+                self.skipped += 1
+                return None
+            return self.build(record, image, index, self._epoch.get())
         try:
             image = open_image(record.image_path)
         except IMAGE_ERRORS as exc:

@@ -47,6 +47,7 @@ class DataConfig:
     images_per_identity: int = 2       # K
     workers: int = 2
     transform: str = "plip"            # augmentation recipe; size and normalisation follow the model
+    in_memory: bool = False            # decode and resize every image, tokenise every caption, once
     skip_missing: bool = False
     batch_size: int = 0                # shards: images per batch (0: P x K)
     samples_per_epoch: int = 0         # shards: samples an epoch over all ranks (0: the split's size)
@@ -85,14 +86,28 @@ def load_pretrain_config(path: str | os.PathLike | None, overrides: Sequence[str
 
 
 class CaptionTokenizer:
-    """Tokenises one caption in a loader worker: {input_ids, attention_mask} of one row."""
+    """Tokenises one caption in a loader worker: {input_ids, attention_mask} of one row.
 
-    def __init__(self, tokenizer):
+    ``known`` captions are tokenised up front, a few thousand to a call (the tokenizer pads to
+    its fixed length, so a row is the same either way), and looked up after that."""
+
+    CHUNK = 4096
+
+    def __init__(self, tokenizer, known: Sequence[str] = ()):
         self.tokenizer = tokenizer
+        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        distinct = list(dict.fromkeys(known))
+        for start in range(0, len(distinct), self.CHUNK):
+            chunk = distinct[start:start + self.CHUNK]
+            batch = tokenizer(chunk)
+            self.rows.update(zip(chunk, zip(batch.input_ids, batch.attention_mask)))
 
     def __call__(self, caption: str) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer([caption])
-        return {"input_ids": batch.input_ids[0], "attention_mask": batch.attention_mask[0]}
+        row = self.rows.get(caption)
+        if row is None:
+            batch = self.tokenizer([caption])
+            row = batch.input_ids[0], batch.attention_mask[0]
+        return {"input_ids": row[0], "attention_mask": row[1]}
 
 
 def collate_pretraining(samples):
@@ -108,7 +123,9 @@ class PretrainData(pl.LightningDataModule):
     under DDP it sees its rank.
 
     From records (any ``load_dataset`` split): identity-aware P x K batches, exact resume at any
-    step. From a shard folder (``records`` None, ``data.dataset: shards``): a stream cannot be
+    step; with ``data.in_memory`` the images are decoded and resized to ``image_size`` once, on
+    the first call, and the captions tokenised once (the same batches, with less work per step).
+    From a shard folder (``records`` None, ``data.dataset: shards``): a stream cannot be
     grouped by identity, so batches are ``data.batch_size`` images as the shuffle buffer
     delivers them, whatever their identities (PLIP's and UniPT's identity-aware losses take any
     layout; an identity may have a single image in a batch). Every rank reads
@@ -118,22 +135,32 @@ class PretrainData(pl.LightningDataModule):
     (``ResumableStreamLoader``).
     """
 
-    def __init__(self, config: DataConfig, records, transform, tokenizer, seed: int):
+    def __init__(self, config: DataConfig, records, transform, tokenizer, seed: int,
+                 image_size: tuple[int, int] | None = None, progress: bool = True):
         super().__init__()
+        if config.in_memory and image_size is None:
+            raise ValueError("data.in_memory needs the image_size the transform resizes to")
         self.config = config
         self.records = records
         self.transform = transform
         self.tokenizer = tokenizer
         self.seed = seed
+        self.image_size = image_size
+        self.progress = progress
 
     def train_dataloader(self) -> ResumableDataLoader | ResumableStreamLoader:
         if self.records is None:
             return self._shard_loader()
-        from personvl.data.datasets import PersonImageDataset
+        from personvl.data.datasets import PersonImageDataset, preload_images
         from personvl.data.samplers import IdentitySampler
 
         cfg = self.config
-        dataset = PersonImageDataset(self.records, self.transform, CaptionTokenizer(self.tokenizer), seed=self.seed)
+        images, captions = None, ()
+        if cfg.in_memory:
+            images = preload_images(self.records, self.image_size, threads=max(1, cfg.workers), progress=self.progress)
+            captions = [caption for record in self.records for caption in record.captions]
+        dataset = PersonImageDataset(self.records, self.transform, CaptionTokenizer(self.tokenizer, captions),
+                                     seed=self.seed, images=images)
         sampler = IdentitySampler([r.pid for r in self.records], cfg.identities_per_batch, cfg.images_per_identity,
                                   seed=self.seed)
         batches = BatchSampler(sampler, cfg.identities_per_batch * cfg.images_per_identity, drop_last=True)
@@ -178,6 +205,10 @@ def _training_split(config: DataConfig):
 
     if config.dataset == SHARDS:
         from personvl.data.shards import read_manifest
+
+        if config.in_memory:
+            raise UsageError("data.in_memory holds a dataset split in memory; shards stream from disk, "
+                             "set data.in_memory=false or read the split with its dataset format")
 
         size = shard_split_size(config)
         if not size:
@@ -237,7 +268,8 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
                           attribute_positive_ratio=ratio)
     task = TrainingTask(method, config.optim, config.trainer.max_steps, config.trainer.max_nonfinite_in_row,
                         seed=config.trainer.seed)
-    data = PretrainData(config.data, records, transform, encoder.tokenizer, config.trainer.seed)
+    data = PretrainData(config.data, records, transform, encoder.tokenizer, config.trainer.seed,
+                        image_size=tuple(preprocess.input_size), progress=config.trainer.progress_bar)
     trainer = build_trainer(config.trainer, out)
     source = f"shards in {config.data.root}" if records is None else config.data.dataset
     echo(f"pre-training {config.method} ({config.model.name}) on {size} {config.data.split} images ({source}) "
