@@ -61,8 +61,10 @@ class SampleBuilder:
         if self.transform is not None:
             # Augmentation draws depend on (seed, epoch, sample) only, not on which worker or rank
             # handles the sample or how many it handled before: a resumed run flips and crops
-            # exactly as an uninterrupted one.
-            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
+            # exactly as an uninterrupted one. Transforms draw from the CPU generator only: seeding
+            # it alone skips torch.manual_seed's deferred seeding of every accelerator backend,
+            # which records a stack trace per call and cost more than the transform itself.
+            torch.default_generator.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
         sample: dict[str, Any] = {
             "image": self.transform(image) if self.transform is not None else image,
             "pid": -1 if record.pid is None else record.pid,

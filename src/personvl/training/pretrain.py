@@ -157,7 +157,7 @@ class PretrainData(pl.LightningDataModule):
         cfg = self.config
         images, captions = None, ()
         if cfg.in_memory:
-            images = preload_images(self.records, self.image_size, threads=max(1, cfg.workers), progress=self.progress)
+            images = preload_images(self.records, self.image_size, threads=cfg.workers or None, progress=self.progress)
             captions = [caption for record in self.records for caption in record.captions]
         dataset = PersonImageDataset(self.records, self.transform, CaptionTokenizer(self.tokenizer, captions),
                                      seed=self.seed, images=images)
