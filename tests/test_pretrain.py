@@ -108,6 +108,23 @@ def test_tic_colorizes_the_first_images_only_when_asked():
         PLIPMethod(encoder, PLIPConfig(tic_images=0))
 
 
+def test_iap_on_the_first_captions_is_iap_on_a_batch_of_them():
+    torch.manual_seed(0)
+    encoder = create_model("tiny-plip-rn50").eval()
+    batch = _batch(encoder)
+    first = {key: value[:4] for key, value in batch.items()}
+    subset = PLIPMethod(encoder, PLIPConfig(decoder_width=16, tic_weight=0.0, iap_captions=4)).eval()
+    whole = PLIPMethod(encoder, PLIPConfig(decoder_width=16, tic_weight=0.0)).eval()
+    whole.iap_head.load_state_dict(subset.iap_head.state_dict())
+    with torch.no_grad():
+        for step in range(3):    # other masking draws
+            expected = whole(first, progress=0.5, step=step)["iap"]
+            assert subset(batch, progress=0.5, step=step)["iap"].item() == pytest.approx(expected.item(), rel=1e-5)
+        assert whole(batch, progress=0.5)["iap"].item() != pytest.approx(subset(batch, progress=0.5)["iap"].item())
+    with pytest.raises(UsageError, match="plip.iap_captions must be a positive number"):
+        PLIPMethod(encoder, PLIPConfig(iap_captions=0))
+
+
 def test_wordpiece_words_and_attribute_words():
     encoder = create_model("tiny-plip-rn50")
     hf = encoder.tokenizer.hf

@@ -38,6 +38,10 @@ class PLIPConfig:
     # TIC runs the image tower a second time, on the grey images; on a CPU a quarter of the
     # batch keeps the objective for about a quarter less time per step on the tiny recipe.
     tic_images: int | None = None
+    # Predict the masked attribute words of the first N captions only (None: all of them). IAP
+    # runs the text tower a second time, on the masked captions: the costliest objective of a
+    # tiny step, nearly half of it on a CPU.
+    iap_captions: int | None = None
     text_lr_scale: float = 0.1         # BERT learns at a tenth of the base rate
     seed: int = 0                      # masking draws, per step
 
@@ -47,6 +51,8 @@ class PLIPMethod(nn.Module):
         super().__init__()
         if config.tic_images is not None and config.tic_images < 1:
             raise UsageError(f"plip.tic_images must be a positive number of images or null, got {config.tic_images}")
+        if config.iap_captions is not None and config.iap_captions < 1:
+            raise UsageError(f"plip.iap_captions must be a positive number of captions or null, got {config.iap_captions}")
         if config.ivlc_loss not in ("cmpm", "infonce"):
             raise UsageError(f"plip.ivlc_loss must be cmpm or infonce, got {config.ivlc_loss!r}")
         self.encoder = encoder
@@ -90,22 +96,25 @@ class PLIPMethod(nn.Module):
         if cfg.iap_weight:
             ratio = masking_ratio_schedule(progress, cfg.mask_ratio_start, cfg.mask_ratio_end)
             hf = self.encoder.tokenizer.hf
-            word_ids, words = wordpiece_words(hf, tokens.input_ids)
+            used = slice(0, cfg.iap_captions)
+            input_ids, attention_mask = tokens.input_ids[used], tokens.attention_mask[used]
+            image_embedding, image_map = image.embedding[used], image.maps[-1][used]
+            word_ids, words = wordpiece_words(hf, input_ids)
             candidates = [attribute_word_indices(w) for w in words]
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            masked_ids, labels = whole_word_mask(tokens.input_ids.cpu(), word_ids, ratio, hf.mask_token_id,
+            masked_ids, labels = whole_word_mask(input_ids.cpu(), word_ids, ratio, hf.mask_token_id,
                                                  generator, candidate_words=candidates)
-            masked = self.encoder.text_features(TokenBatch(masked_ids.to(images.device), tokens.attention_mask))
+            masked = self.encoder.text_features(TokenBatch(masked_ids.to(images.device), attention_mask))
             labels = labels.to(images.device)
             # The head predicts each position from its own state and its image alone, so only the
             # masked positions are run: one query per masked word piece, with its caption's image.
             rows, columns = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
             if len(rows):
-                logits = self.iap_head(masked.tokens[rows, columns].unsqueeze(1), image.embedding[rows],
-                                       image.maps[-1][rows])
+                logits = self.iap_head(masked.tokens[rows, columns].unsqueeze(1), image_embedding[rows],
+                                       image_map[rows])
                 labels = labels[rows, columns].unsqueeze(1)
             else:   # no word masked: a zero loss that still reaches every head parameter
-                logits = self.iap_head(masked.tokens[:, :1], image.embedding, image.maps[-1])
+                logits = self.iap_head(masked.tokens[:, :1], image_embedding, image_map)
                 labels = labels[:, :1]
             losses["iap"] = masked_token_loss(logits, labels)
             losses["mask_ratio"] = torch.tensor(ratio)
