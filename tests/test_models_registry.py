@@ -114,6 +114,21 @@ def test_plip_sizes_and_text_pooling_are_options_that_survive_a_save(tmp_path):
         create_model("tiny-plip-rn50", image_width=7)
 
 
+def test_plip_text_dropout_is_an_option():
+    torch.manual_seed(0)
+    default = create_model("tiny-plip-rn50")
+    assert default.text.bert.config.hidden_dropout_prob == 0.1
+    model = create_model("tiny-plip-rn50", text_dropout=0.0).train()
+    assert model.text.bert.config.hidden_dropout_prob == model.text.bert.config.attention_probs_dropout_prob == 0.0
+    captions = ["a man in a red coat", "a woman carrying a backpack"]
+    with torch.no_grad():    # in training mode, without dropout, two passes agree
+        assert torch.equal(model.encode_text(captions), model.encode_text(captions))
+        default.train()
+        assert not torch.equal(default.encode_text(captions), default.encode_text(captions))
+    with pytest.raises(UsageError, match=r"text_dropout must be in \[0, 1\), got 1.5"):
+        create_model("tiny-plip-rn50", text_dropout=1.5)
+
+
 def test_tiny_vocabulary_holds_every_word_of_the_synthetic_captions(small_world):
     import re
 

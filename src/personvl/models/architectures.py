@@ -72,18 +72,24 @@ def _vit(tiny: bool, image_size, output_dim: int, patch_stride: int, pool: str, 
 
 def plip_rn50(tiny: bool, *, image_size: Sequence[int] | None = None, frozen_text_layers: int | None = None,
               text_length: int = 64, text_pooling: str = "pooler", image_width: int | None = None,
-              text_width: int | None = None) -> ModelConfig:
+              text_width: int | None = None, text_dropout: float | None = None) -> ModelConfig:
     """PLIP: CLIP's ModifiedResNet-50 with an 8-head attention pool to 768-d at 256x128, and
     BERT-base whose pooler output is the text embedding (layers 0-7 frozen).
 
     ``image_width`` (the ResNet's base width) and ``text_width`` (BERT's hidden size) size a
     model trained from scratch; ``text_pooling`` is ``pooler``, ``cls`` or ``max``. A randomly
     initialised small BERT learns far sooner with ``max`` pooling and no frozen layers: its
-    [CLS] pooler gives nearly the same embedding to every caption for hundreds of steps."""
+    [CLS] pooler gives nearly the same embedding to every caption for hundreds of steps.
+    ``text_dropout`` replaces BERT's dropout probability (0.1) on hidden states and attention:
+    a small model trained from scratch for minutes underfits, and dropout slows it further."""
     size = _size(image_size, (128, 64) if tiny else (256, 128))
     bert = _tiny_bert() if tiny else BERT_BASE
     if text_width is not None:
         bert = _bert_of_width(bert, text_width)
+    if text_dropout is not None:
+        if not 0.0 <= text_dropout < 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1), got {text_dropout}")
+        bert = dict(bert, hidden_dropout_prob=float(text_dropout), attention_probs_dropout_prob=float(text_dropout))
     width = bert["hidden_size"]
     base_width = image_width if image_width is not None else (8 if tiny else 64)
     if base_width < 2 or base_width % 2:
