@@ -3,8 +3,10 @@ one batch of the synthetic world's captions, all in the same run:
 
 - the IAP head over the masked word pieces only (what PLIPMethod runs) against the same head
   over every position of every caption (its output at an unmasked position is never scored);
-- a whole step with IVLC alone, with all three objectives, and with TIC on a quarter of the
-  batch (``plip.tic_images``), against the step with all three objectives.
+- a whole step with IVLC alone, with all three objectives, with TIC on a quarter of the batch
+  (``plip.tic_images``), and with TIC on a quarter of the images and IAP on a quarter of the
+  captions (``plip.iap_captions``, the quickstart's step), against the step with all three
+  objectives.
 
 Run: python benchmarks/plip_step.py [--steps 20] [--threads 2] [--batch 64] [--text-width 128]
 """
@@ -51,6 +53,7 @@ def main() -> None:
     from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
     from personvl.models import TokenBatch, create_model
     from personvl.objectives import masked_token_loss, whole_word_mask
+    from personvl.objectives.masking import IGNORE_INDEX
     from personvl.quickstart import QUICKSTART_MODEL, QUICKSTART_MODEL_OPTIONS
 
     torch.manual_seed(0)
@@ -71,7 +74,7 @@ def main() -> None:
         states = encoder.text_features(TokenBatch(masked_ids, batch["attention_mask"])).tokens
         image = encoder.image_features(batch["image"])
     states.requires_grad_(True)
-    rows, columns = (labels != -100).nonzero(as_tuple=True)
+    rows, columns = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
 
     def every_position() -> torch.Tensor:
         return masked_token_loss(method.iap_head(states, image.embedding, image.maps[-1]), labels)
@@ -90,6 +93,8 @@ def main() -> None:
         "IVLC+TIC+IAP": PLIPConfig(**base),
         "IVLC alone": PLIPConfig(**base, tic_weight=0.0, iap_weight=0.0),
         f"IVLC+TIC+IAP, TIC on {args.batch // 4} images": PLIPConfig(**base, tic_images=args.batch // 4),
+        f"IVLC+TIC+IAP, TIC and IAP on {args.batch // 4}": PLIPConfig(**base, tic_images=args.batch // 4,
+                                                                     iap_captions=args.batch // 4),
     }
     reference = None
     for name, config in variants.items():
