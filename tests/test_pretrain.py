@@ -11,6 +11,7 @@ from personvl.errors import PersonvlError, UsageError
 from personvl.methods.plip import PLIPConfig, PLIPMethod
 from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
 from personvl.models import create_model, load_model
+from personvl.objectives.masking import IGNORE_INDEX
 from personvl.training.pretrain import load_pretrain_config, pretrain
 
 COMMON = ["trainer.accelerator=cpu", "trainer.progress_bar=false", "data.workers=0",
@@ -76,7 +77,8 @@ def test_iap_scores_the_masked_positions_exactly_as_the_head_over_every_position
     encoder = create_model("tiny-plip-rn50", text_pooling="max", frozen_text_layers=0).eval()
     method = PLIPMethod(encoder, PLIPConfig(decoder_width=16, tic_weight=0.0, seed=3)).eval()
     batch = _batch(encoder)
-    batch["input_ids"][1::2] = encoder.tokenizer(["a man with a blue backpack and grey shorts"] * 4).input_ids
+    tokens = encoder.tokenizer(["a woman in a red coat and black jeans", "a man with a blue backpack and grey shorts"] * 4)
+    batch["input_ids"], batch["attention_mask"] = tokens.input_ids, tokens.attention_mask
     with torch.no_grad():
         ours = method(batch, progress=0.7, step=5)["iap"]
         # The same draw of masked words, and the head run over every position of every caption.
@@ -89,7 +91,7 @@ def test_iap_scores_the_masked_positions_exactly_as_the_head_over_every_position
         image = encoder.image_features(batch["image"])
         states = encoder.text.forward_tokens(masked_ids, batch["attention_mask"])[0]
         logits = method.iap_head(states, image.embedding, image.maps[-1])
-    assert (labels != -100).sum() > 8
+    assert (labels != IGNORE_INDEX).sum() > 8
     assert ours.item() == pytest.approx(masked_token_loss(logits, labels).item(), rel=1e-5)
 
 
@@ -141,6 +143,21 @@ def test_recipes_parse_and_unknown_keys_are_refused():
         assert config.method in name
     with pytest.raises(UsageError, match="unknown config key 'plip.tic'"):
         load_pretrain_config("configs/pretrain/plip_tiny.yaml", ["plip.tic=0"])
+
+
+def test_plip_tiny_recipe_is_the_quickstarts():
+    from personvl.config import config_to_dict
+    from personvl.quickstart import QUICKSTART_STEPS, quickstart_recipe
+
+    recipe = config_to_dict(load_pretrain_config("configs/pretrain/plip_tiny.yaml"))
+    quickstart = config_to_dict(quickstart_recipe("world", "out", QUICKSTART_STEPS, workers=0, train_identities=2550))
+    for section in ("method", "model", "plip"):
+        assert recipe[section] == quickstart[section], section
+    for section, keys in {"data": ("dataset", "identities_per_batch", "images_per_identity", "workers", "transform",
+                                   "in_memory"),
+                          "optim": ("name", "lr", "weight_decay", "warmup_steps", "min_lr_ratio"),
+                          "trainer": ("max_steps", "accelerator", "precision", "seed")}.items():
+        assert {k: recipe[section][k] for k in keys} == {k: quickstart[section][k] for k in keys}, section
 
 
 @pytest.mark.parametrize("recipe, dataset", [("plip_tiny", "cuhk-pedes"), ("unipt_tiny", "cuhk-pedes"),
