@@ -133,6 +133,27 @@ def test_a_step_bounded_run_shows_no_negative_epoch_total(tmp_path):
     assert quiet.progress_bar_callback is None
 
 
+def test_the_progress_bar_redraws_at_most_every_interval_and_at_an_epochs_end(monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    import personvl.training.trainer as engine
+
+    drawn = []
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", lambda self, *args: drawn.append(args[-1]))
+    clock = iter([0.0, 0.1, 0.2, 0.6, 0.7, 0.8, 1.0, 1.05, 1.1])
+    monkeypatch.setattr(engine.time, "monotonic", lambda: next(clock))
+    bar = engine.StepBoundedProgressBar(min_interval=0.5)
+    trainer = SimpleNamespace(num_training_batches=6, max_steps=9, global_step=0)
+    for step in range(9):
+        trainer.global_step = step + 1          # Lightning counts the step before the hook
+        bar.on_train_batch_end(trainer, None, None, None, step % 6)
+    # 0.0 drawn; 0.1 and 0.2 too soon; 0.6 drawn; 0.7 too soon; 0.8 ends the epoch; 1.0 and 1.05
+    # are too soon after it; 1.1 is the run's last step.
+    assert drawn == [0, 3, 5, 2]
+
+
 def test_lightnings_hosted_logger_advertisement_is_dropped_and_its_other_notices_kept(tmp_path):
     import logging
 
