@@ -244,7 +244,7 @@ def test_an_attribute_model_folder_answers_the_search_service(small_world, tmp_p
 
 # The learnable tiny configuration of the quickstart: from random initialisation, max-pooled
 # captions and 64x32 pictures leave chance within a few hundred CPU steps.
-LEARNABLE_TINY = ("model.options={image_width: 16, text_width: 64, text_pooling: max, frozen_text_layers: 0, "
+LEARNABLE_TINY = ("model.options={image_width: 16, text_width: 64, text_pooling: max, frozen_text_layers: 0, text_dropout: 0.0, "
                   "image_size: [64, 32]}")
 
 

@@ -27,14 +27,20 @@ QUICKSTART_IDENTITIES = 3000
 QUICKSTART_TEST_FRACTION = 0.1
 QUICKSTART_MODEL = "tiny-plip-rn50"
 # Sized to learn from scratch on a CPU in minutes (see plip_rn50 in personvl.models.architectures).
-# 64x32 pictures keep every colour the captions name and leave time for twice the steps.
+# 64x32 pictures keep every colour the captions name and leave time for twice the steps. Without
+# dropout the text tower learns far sooner: 20.3 against 14.5 R@1 after 1,200 steps of IVLC.
 QUICKSTART_MODEL_OPTIONS = {"image_width": 16, "text_width": 128, "text_pooling": "max", "frozen_text_layers": 0,
-                            "image_size": [64, 32]}
+                            "text_dropout": 0.0, "image_size": [64, 32]}
 QUICKSTART_IDENTITIES_PER_BATCH = 32
-QUICKSTART_STEPS = 1200
+QUICKSTART_STEPS = 2800
+# At 2,400 steps 1.5e-3 gave R@1 28.2 against 27.8 for 1e-3; without dropout a higher rate holds.
+QUICKSTART_LR = 1.5e-3
 # TIC colorizes a quarter of each batch: it keeps its place in the recipe for about a quarter less
 # time per step, and the steps saved go to the contrast that retrieval learns from.
 QUICKSTART_TIC_IMAGES = 16
+# IAP predicts the masked words of a quarter of the captions, for the same reason: its second pass
+# through the text tower was nearly half a step.
+QUICKSTART_IAP_CAPTIONS = 16
 METRICS_FILE = "metrics.json"
 
 
@@ -47,13 +53,16 @@ def quickstart_recipe(world_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     config.data.dataset, config.data.root = "cuhk-pedes", str(Path(world_dir) / "cuhk-pedes")
     config.data.identities_per_batch = max(2, min(QUICKSTART_IDENTITIES_PER_BATCH, train_identities))
     config.data.images_per_identity, config.data.workers = 2, workers
+    # The world's crops fit in memory many times over: decoded once, they leave the loader little
+    # to do, and with no worker processes both cores train.
+    config.data.in_memory = True
     config.model.name, config.model.options = QUICKSTART_MODEL, dict(QUICKSTART_MODEL_OPTIONS)
-    config.optim.name, config.optim.lr, config.optim.warmup_steps = "adamw", 1e-3, 20
+    config.optim.name, config.optim.lr, config.optim.warmup_steps = "adamw", QUICKSTART_LR, 20
     config.trainer.max_steps, config.trainer.accelerator = steps, "cpu"
     config.trainer.checkpoint_every_n_steps = max(1, steps // 4)
     config.trainer.log_every_n_steps = max(1, min(5, steps))
     config.plip.decoder_width, config.plip.text_lr_scale = 64, 1.0
-    config.plip.tic_images = QUICKSTART_TIC_IMAGES
+    config.plip.tic_images, config.plip.iap_captions = QUICKSTART_TIC_IMAGES, QUICKSTART_IAP_CAPTIONS
     # From random initialisation the temperature-scaled InfoNCE form of IVLC leaves the
     # uniform-prediction start within tens of steps; CMPM's unscaled logits take far longer.
     config.plip.ivlc_loss = "infonce"
@@ -155,7 +164,7 @@ def quickstart(
     echo(format_world_summary(world_dir, world))
 
     echo(f"\n2/3 pre-training {QUICKSTART_MODEL} with PLIP for {steps} steps ...")
-    recipe = quickstart_recipe(world_dir, out, steps, workers=min(2, workers),
+    recipe = quickstart_recipe(world_dir, out, steps, workers=0,
                                train_identities=world["splits"]["train"]["identities"])
     recipe.trainer.progress_bar = progress
     run_dir = Path(recipe.output_dir)
