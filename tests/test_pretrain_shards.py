@@ -16,7 +16,7 @@ from personvl.models import load_model
 from personvl.training.pretrain import pretrain
 
 RECIPE = "configs/pretrain/plip_tiny.yaml"
-COMMON = ["data.dataset=shards", "data.batch_size=8", "data.workers=0", "data.shuffle_buffer=16",
+COMMON = ["data.dataset=shards", "data.in_memory=false", "data.batch_size=8", "data.workers=0", "data.shuffle_buffer=16",
           "trainer.accelerator=cpu", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
           "plip.decoder_width=16"]
 
