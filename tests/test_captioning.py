@@ -154,6 +154,94 @@ def test_required_groups_take_the_top_phrase_optional_ones_only_above_the_thresh
     assert scores["handbag"] == pytest.approx(0.95) and scores["hat"] == pytest.approx(0.95)
 
 
+def test_a_required_group_takes_the_phrase_whose_facts_are_most_probable(model, vocabulary):
+    scorer = AttributeScorer(model, vocabulary)
+    start, stop = scorer.spans[[g.name for g in scorer.groups].index("hair_length")]
+    keys = [p.key for p in scorer.phrases[start:stop]]
+
+    def chosen(masses):
+        probabilities = np.zeros((1, len(scorer.phrases)), np.float32)
+        for group_start, group_stop in scorer.spans:
+            probabilities[0, group_start:group_stop] = 1.0 / (group_stop - group_start)
+        probabilities[0, start:stop] = 0.0
+        for key, mass in masses.items():
+            probabilities[0, start + keys.index(key)] = mass
+        return {c.group: c for c in scorer.choose(probabilities)[0]}["hair_length"].phrase.key
+
+    # "long black" is the most probable phrase, but "short" (0.66) and "black" (0.56) are the
+    # most probable facts: (0.66 + 0.56) / 2 beats (0.34 + 0.56) / 2.
+    assert chosen({"long black hair": 0.34, "short black hair": 0.22, "short brown hair": 0.22,
+                   "short grey hair": 0.22}) == "short black hair"
+    # A phrase with one fact is not outvoted for stating fewer: 0.45 beats (0.30 + 0.55) / 2.
+    assert chosen({"bald head": 0.45, "short black hair": 0.30, "long black hair": 0.25}) == "bald head"
+    # With one fact per phrase the choice is the most probable phrase.
+    gender = scorer.spans[[g.name for g in scorer.groups].index("gender")]
+    probabilities = np.full((1, len(scorer.phrases)), 0.5, np.float32)
+    probabilities[0, gender[0]:gender[1]] = [0.4, 0.6]
+    assert {c.group: c for c in scorer.choose(probabilities)[0]}["gender"].phrase.key == "woman"
+
+
+class _BiasedEncoder(torch.nn.Module):
+    """Prompts and images as hand-made vectors. The "red" prompt has a component every image
+    shares, so without calibration every image looks red."""
+
+    PROMPTS = {"wearing red": [1.0, 0.0, 2.0], "wearing blue": [0.0, 1.0, 0.0],
+               "with a dog": [0.0, 0.0, 1.0], "alone": [0.0, 0.0, 0.5]}
+
+    def __init__(self):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(0.0))    # a temperature of 1
+
+    def encode_text(self, texts):
+        return torch.tensor([self.PROMPTS[t.removeprefix("A photo of a person ")] for t in texts])
+
+    def encode_image(self, images):
+        return images
+
+
+def _colour_vocabulary(tmp_path):
+    path = tmp_path / "colours.yaml"
+    path.write_text(textwrap.dedent("""
+        groups:
+          - name: colour
+            required: true
+            role: worn
+            phrases: [{prompt: wearing red, values: {upper_colour: red}},
+                      {prompt: wearing blue, values: {upper_colour: blue}}]
+          - name: dog
+            required: false
+            phrases: [{prompt: with a dog, role: action}, {prompt: alone, absent: true}]
+        """))
+    return load_vocabulary(path)
+
+
+def test_calibration_subtracts_each_required_phrases_mean_log_probability(tmp_path):
+    from torch.nn.functional import logsigmoid
+
+    scorer = AttributeScorer(_BiasedEncoder(), _colour_vocabulary(tmp_path))
+    red, blue = torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 1.0]])
+    images = torch.cat([red, red, blue, blue])
+    keys = lambda probabilities: [c.phrase.key for c in
+                                  (choices[0] for choices in scorer.choose(probabilities))]
+    # red images: logits (3, 0); blue images: (2, 1). Red wins both before calibration.
+    assert keys(scorer.probabilities(images)) == ["wearing red"] * 4
+    offsets = scorer.estimate_offsets([images[:3], images[3:]])
+    expected_red = (logsigmoid(torch.tensor(3.0)) + logsigmoid(torch.tensor(1.0))) / 2
+    expected_blue = (logsigmoid(torch.tensor(-3.0)) + logsigmoid(torch.tensor(-1.0))) / 2
+    np.testing.assert_allclose(offsets, [expected_red, expected_blue, 0.0, 0.0], rtol=1e-5)
+    scorer.calibrate(offsets)
+    calibrated = scorer.probabilities(images)
+    assert keys(calibrated) == ["wearing red", "wearing red", "wearing blue", "wearing blue"]
+    # The blue image's calibrated logits are 2 - offset_red and 1 - offset_blue; the optional
+    # group, judged against an absolute threshold, is left as it was.
+    np.testing.assert_allclose(calibrated[2, 1], torch.sigmoid(-1 + expected_red - expected_blue), rtol=1e-5)
+    np.testing.assert_allclose(calibrated[:, 2], torch.sigmoid(torch.tensor(0.5)), rtol=1e-5)
+    with pytest.raises(UsageError, match="one value per phrase"):
+        scorer.calibrate(np.zeros(3))
+    with pytest.raises(UsageError, match="at least one readable image"):
+        scorer.estimate_offsets([])
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -250,6 +338,33 @@ def test_a_killed_run_resumes_without_duplicates_or_corrupt_lines(small_world, m
         caption_images(images, out, model=model, method="synth-pedes", workers=0, progress=False)
 
 
+def test_calibrated_runs_store_their_offsets_and_resume_with_them(small_world, model, tmp_path, monkeypatch):
+    images = _world_images(small_world, 12)
+    whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"
+    caption_images(images, whole, model=model, calibration_images=8, batch_size=4, workers=0, progress=False)
+    header = json.loads(whole.read_text().splitlines()[0])
+    assert (header["calibration"]["images"], header["calibration"]["seed"]) == (8, 0)
+    offsets = header["calibration"]["offsets"]
+    assert len(offsets) == len(load_vocabulary().phrases()) and offsets["gender/man"] < 0
+    assert offsets["bag/backpack"] == 0.0                     # optional groups are not calibrated
+    plain = tmp_path / "plain.jsonl"
+    caption_images(images, plain, model=model, batch_size=4, workers=0, progress=False)
+    assert read_caption_records(plain) != read_caption_records(whole)
+
+    # A run killed after its first batch, resumed: the offsets come from the file, not a new estimate.
+    lines = whole.read_text().splitlines(keepends=True)
+    resumed.write_text("".join(lines[:5]) + lines[5][:30])
+    monkeypatch.setattr(AttributeScorer, "estimate_offsets", lambda *_: pytest.fail("offsets estimated again"))
+    run = caption_images(images, resumed, model=model, calibration_images=8, batch_size=4, workers=0, progress=False)
+    assert (run.already_done, run.written) == (4, 8)
+    assert resumed.read_text() == whole.read_text()
+    for other in (dict(calibration_images=4), dict(calibration_images=8, seed=1), dict()):
+        with pytest.raises(PersonvlError, match="calibration"):
+            caption_images(images, whole, model=model, workers=0, progress=False, **other)
+    with pytest.raises(UsageError, match="calibration_images"):
+        caption_images(images, tmp_path / "x.jsonl", model=model, calibration_images=-1, progress=False)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -292,8 +407,9 @@ def test_command_line_captions_and_evaluates(small_world, model, tmp_path, capsy
     register(parser.add_subparsers())
     out = tmp_path / "captions.jsonl"
     args = parser.parse_args(["caption", str(world / "images"), "--out", str(out), "--model", str(model_dir),
-                              "--workers", "0", "--no-progress", "--evaluate"])
+                              "--workers", "0", "--no-progress", "--evaluate", "--calibrate", "6"])
     assert args.handler(args) == 0
+    assert json.loads(out.read_text().splitlines()[0])["calibration"]["images"] == 6
     printed = capsys.readouterr().out
     assert f"dcc captions for {len(read_world_records(world))} images" in printed
     assert "majority %" in printed and "upper_colour" in printed and "world (human-style)" in printed
@@ -304,9 +420,24 @@ def test_command_line_captions_and_evaluates(small_world, model, tmp_path, capsy
 # ----------------------------------------------------------------------------- a trained model
 
 
-def _train_contrastively(world, steps=60, seed=0):
+# Captions name colours and garments of thousands of people: a world this size (about ten
+# seconds) keeps a tiny encoder from learning who is who instead of what they wear.
+CAPTIONER_WORLD = dict(identities=2000, images_per_identity=2, cameras=2, seed=3, scene_identities=0,
+                       test_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def captioner_world(tmp_path_factory):
+    from personvl.data.synth import generate_world
+
+    out = tmp_path_factory.mktemp("captioner-world") / "w"
+    generate_world(out, workers=2, progress=False, preview=False, **CAPTIONER_WORLD)
+    return out
+
+
+def _train_contrastively(world, steps=800, lr=3e-3, seed=0):
     """A tiny encoder trained on the world's training captions (InfoNCE, identities as
-    positives): what pre-training on the synthetic world gives, in a few seconds."""
+    positives): what pre-training on the synthetic world gives, in half a minute."""
     import torch.nn.functional as F
     from personvl.models.transforms import open_rgb_image
 
@@ -318,7 +449,8 @@ def _train_contrastively(world, steps=60, seed=0):
     tokens = model.tokenizer([t for _, t in texts])
     owner = torch.tensor([i for i, _ in texts])
     pids = torch.tensor([r["pid"] for r in rows])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.02)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.02)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     for _ in range(steps):
         pick = torch.randperm(len(texts))[:64]
         image_embeddings = F.normalize(model.visual(images[owner[pick]]), dim=-1)
@@ -330,17 +462,19 @@ def _train_contrastively(world, steps=60, seed=0):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     return model.eval()
 
 
-@pytest.mark.xfail(strict=False, reason="a tiny encoder trained for seconds on a few dozen identities does not "
-                                        "yet ground colour and garment words reliably")
-def test_a_trained_model_beats_the_majority_baseline_on_held_out_identities(small_world, tmp_path):
-    world, _ = small_world
-    model = _train_contrastively(world)
-    test_images = [str(world / r["image"]) for r in read_world_records(world) if r["split"] == "test"]
+def test_a_model_trained_in_the_test_names_garment_colours_far_above_the_majority(captioner_world, tmp_path,
+                                                                                   one_torch_thread):
+    # Held-out identities only. In half a minute the encoder learns colours and not yet shapes
+    # (docs/captioning.md has the whole table, and the quickstart encoder's).
+    model = _train_contrastively(captioner_world)
+    test_images = [str(captioner_world / r["image"]) for r in read_world_records(captioner_world)
+                   if r["split"] == "test"]
     caption_images(test_images, tmp_path / "c.jsonl", model=model, workers=0, progress=False)
-    evaluation = evaluate_captions(tmp_path / "c.jsonl", world)
-    by_slot = {s.slot: s for s in evaluation.slots}
-    assert by_slot["upper_colour"].accuracy > by_slot["upper_colour"].majority + 0.1
-    assert evaluation.mean_accuracy > evaluation.mean_majority
+    by_slot = {s.slot: s for s in evaluate_captions(tmp_path / "c.jsonl", captioner_world).slots}
+    assert by_slot["upper_colour"].images == len(test_images)
+    assert by_slot["upper_colour"].accuracy > by_slot["upper_colour"].majority + 0.25
+    assert by_slot["lower_colour"].accuracy > by_slot["lower_colour"].majority + 0.05

@@ -23,7 +23,7 @@ from personvl.captioning.compose import (
 from personvl.captioning.grammar import load_templates
 from personvl.captioning.scoring import DEFAULT_THRESHOLD, AttributeScorer, Choice
 from personvl.captioning.vocabulary import Vocabulary, load_vocabulary
-from personvl.captioning.writer import ResumableJsonl
+from personvl.captioning.writer import ResumableJsonl, read_header
 from personvl.errors import PersonvlError, UsageError
 from personvl.models.embedding import ImageFiles
 
@@ -170,7 +170,8 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
                    model, weights=None, method: str = "dcc", vocabulary: str | os.PathLike | Vocabulary | None = None,
                    templates: str | os.PathLike | None = None, threshold: float = DEFAULT_THRESHOLD,
                    logit_scale: float | None = None, captions_per_image: int = 2, batch_size: int = 64,
-                   workers: int = 2, seed: int = 0, dataset: str | None = None, split: str | None = None,
+                   workers: int = 2, seed: int = 0, calibration_images: int = 0,
+                   dataset: str | None = None, split: str | None = None,
                    tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = None,
                    progress: bool = True) -> CaptionRun:
     """Caption (``dcc``, ``synth-pedes``) or label (``attributes``) every image of ``images``
@@ -180,13 +181,17 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
     (and ``split=``), or a list of paths. ``model``: a ``PersonEncoder``, a saved model
     folder, or a registered name with ``weights`` (a CLIP file, a personvl model folder ...).
     ``vocabulary`` / ``templates``: YAML files replacing the shipped ones. Optional groups
-    speak only above ``threshold``. Re-running with the same ``out`` skips finished images;
-    unreadable images are listed in ``<out stem>.failed.txt`` and retried by the next run.
+    speak only above ``threshold``. ``calibration_images`` > 0 first centres each required
+    phrase's score on that many of the images (a sample drawn with ``seed``); the offsets are
+    stored in the file's first line, and a resumed run uses them as they are. Re-running with
+    the same ``out`` skips finished images; unreadable images are listed in
+    ``<out stem>.failed.txt`` and retried by the next run.
     """
     if method not in METHODS:
         raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if batch_size < 1 or workers < 0 or captions_per_image < 1:
-        raise UsageError("batch_size and captions_per_image must be at least 1, workers at least 0")
+    if batch_size < 1 or workers < 0 or captions_per_image < 1 or calibration_images < 0:
+        raise UsageError("batch_size and captions_per_image must be at least 1, workers and calibration_images "
+                         "at least 0")
     started = time.perf_counter()
     paths = list_image_paths(images, dataset=dataset, split=split)
     vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
@@ -200,8 +205,12 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
         build = _EntryBuilder(method, scorer, template_list, captions_per_image, seed)
         out = Path(out)
         failures_path = failures_path_of(out)
+        header: dict[str, Any] = {"attribute_names": scorer.attribute_names}
+        if calibration_images:
+            header["calibration"] = _calibration(scorer, paths, out, calibration_images, seed, batch_size, workers,
+                                                 progress)
         written = failed = 0
-        with ResumableJsonl(out, {"attribute_names": scorer.attribute_names}, expect={"method": method}) as writer, \
+        with ResumableJsonl(out, header, expect={"method": method}) as writer, \
                 _open_failures(failures_path) as failures:
             todo = [p for p in paths if p not in writer.finished]
             loader = DataLoader(ImageFiles(todo, encoder.image_transform), batch_size=batch_size, num_workers=workers,
@@ -226,6 +235,40 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
         encoder.train(was_training)
     return CaptionRun(out, failures_path, method, len(paths), written, len(paths) - len(todo), failed,
                       time.perf_counter() - started)
+
+
+def _calibration(scorer: AttributeScorer, paths: list[str], out: Path, images: int, seed: int, batch_size: int,
+                 workers: int, progress: bool) -> dict[str, Any]:
+    """Turns on ``scorer``'s calibration and returns what the output's first line records of
+    it: the offsets stored there by an earlier run with the same request, else new ones
+    estimated on a seeded sample of ``paths``."""
+    keys = [f"{p.group}/{p.key}" for p in scorer.phrases]
+    existing = read_header(out)
+    if existing is not None:
+        earlier = existing.get("calibration")
+        if not (isinstance(earlier, dict) and earlier.get("images") == images and earlier.get("seed") == seed
+                and isinstance(earlier.get("offsets"), dict) and set(earlier["offsets"]) == set(keys)):
+            raise PersonvlError(f"{out} was written without calibration, or with another one, vocabulary or "
+                                "seed (its first line differs); choose another output file or remove it")
+        scorer.calibrate(np.array([earlier["offsets"][k] for k in keys], np.float32))
+        return earlier
+    rng = np.random.default_rng(seed)
+    sample = [paths[i] for i in sorted(rng.choice(len(paths), size=min(images, len(paths)), replace=False))]
+    loader = DataLoader(ImageFiles(sample, scorer.model.image_transform), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_collate)
+    device = scorer.model.device
+    with tqdm(total=len(sample), desc="calibrating", unit="image", disable=not progress) as bar:
+        def batches():
+            for indices, batch, unreadable in loader:
+                bar.update(len(indices) + len(unreadable))
+                if batch is not None:
+                    yield batch.to(device)
+
+        offsets = scorer.estimate_offsets(batches())
+    # Rounded before use, so that a resumed run, which reads them back, scores the same.
+    rounded = {key: round(float(value), 5) for key, value in zip(keys, offsets)}
+    scorer.calibrate(np.array([rounded[k] for k in keys], np.float32))
+    return {"images": images, "seed": seed, "offsets": rounded}
 
 
 def _open_failures(path: Path):

@@ -15,6 +15,26 @@ from typing import Any, Iterable
 from personvl.errors import PersonvlError
 
 
+def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The first line of an existing file written by ``ResumableJsonl``; None when there is no
+    file or its first line is not a whole JSON object."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            line = handle.readline()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PersonvlError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 class ResumableJsonl:
     """``header`` is the file's first line; an existing file must start with the same one, and
     its records must agree with ``expect`` (e.g. ``{"method": "dcc"}``). ``finished`` holds the
@@ -56,8 +76,8 @@ class ResumableJsonl:
         except json.JSONDecodeError:
             existing = None
         if existing != header:
-            raise PersonvlError(f"{self.path} was written with another vocabulary or method (its first line "
-                                "differs); choose another output file or remove it")
+            raise PersonvlError(f"{self.path} was written with another vocabulary, method or calibration (its "
+                                "first line differs); choose another output file or remove it")
         for number, line in enumerate(lines[1:], 2):
             if not line.strip():
                 continue

@@ -29,7 +29,8 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         run = caption_images(args.images, args.out, model=args.model, weights=args.weights, method=args.method,
                              vocabulary=args.vocabulary, templates=args.templates, threshold=args.threshold,
                              captions_per_image=args.captions_per_image, batch_size=args.batch_size,
-                             workers=args.workers, seed=args.seed, dataset=args.dataset, split=args.split,
+                             workers=args.workers, seed=args.seed, calibration_images=args.calibrate,
+                             dataset=args.dataset, split=args.split,
                              tokenizer=args.tokenizer, device=args.device, progress=not args.no_progress)
         print(run.summary())
     if args.evaluate or args.evaluate_only:
@@ -71,6 +72,9 @@ def register(commands) -> None:
     caption.add_argument("--templates", default=None, metavar="YAML", help="sentence grammars replacing the shipped ones")
     caption.add_argument("--threshold", type=_probability, default=0.9, metavar="P",
                          help="probability an optional group's phrase must exceed (default %(default)s)")
+    caption.add_argument("--calibrate", type=non_negative_int, default=0, metavar="N",
+                         help="first centre each required phrase's score on N of the images, to remove the "
+                              "model's bias towards some prompts (default 0: off)")
     caption.add_argument("--captions-per-image", type=positive_int, default=2, metavar="N",
                          help="captions written per image (default %(default)s)")
     caption.add_argument("--dataset", default=None, metavar="NAME", help="read IMAGES as this dataset format")
