@@ -9,7 +9,7 @@
    as queries).
 
 Run: python benchmarks/caption_pretrain.py [--identities 120] [--steps 150] [--workers 2]
-                                          [--captioner MODEL_DIR] [--out DIR]
+                                          [--captioner MODEL_DIR] [--calibrate N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--captioner", default=None, help="a saved model folder (default: the reference run)")
+    parser.add_argument("--calibrate", type=int, default=0, help="captioner calibration images (default 0: off)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="caption-pretrain-"))
@@ -62,7 +63,7 @@ def main() -> None:
     captioner = load_model(args.captioner) if args.captioner else reference
     captions = out / "pseudo.jsonl"
     run = caption_images([r.image_path for r in train], captions, model=captioner, workers=args.workers,
-                         progress=False)
+                         calibration_images=args.calibrate, progress=False)
     print(run.summary())
     print(evaluate_captions(captions, world).table())
     print(diversity_table(compare_diversity(captions, world, len(load_templates("dcc")))))
