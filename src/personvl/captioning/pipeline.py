@@ -95,6 +95,11 @@ def _collate(items):
     return [i for i, _ in good], batch, bad
 
 
+def _image_loader(paths: list[str], transform, batch_size: int, workers: int) -> DataLoader:
+    """Batches of (indices into ``paths``, stacked images or None, [(index, error message)])."""
+    return DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+
+
 def _resolve_model(model, weights, tokenizer, device):
     if isinstance(model, torch.nn.Module):
         if weights is not None:
@@ -213,8 +218,7 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
         with ResumableJsonl(out, header, expect={"method": method}) as writer, \
                 _open_failures(failures_path) as failures:
             todo = [p for p in paths if p not in writer.finished]
-            loader = DataLoader(ImageFiles(todo, encoder.image_transform), batch_size=batch_size, num_workers=workers,
-                                collate_fn=_collate)
+            loader = _image_loader(todo, encoder.image_transform, batch_size, workers)
             device_of_model = encoder.device
             with tqdm(total=len(todo), desc=f"captioning ({method})", unit="image", disable=not progress) as bar:
                 for indices, batch, unreadable in (loader if todo else ()):
@@ -254,8 +258,7 @@ def _calibration(scorer: AttributeScorer, paths: list[str], out: Path, images: i
         return earlier
     rng = np.random.default_rng(seed)
     sample = [paths[i] for i in sorted(rng.choice(len(paths), size=min(images, len(paths)), replace=False))]
-    loader = DataLoader(ImageFiles(sample, scorer.model.image_transform), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate)
+    loader = _image_loader(sample, scorer.model.image_transform, batch_size, workers)
     device = scorer.model.device
     with tqdm(total=len(sample), desc="calibrating", unit="image", disable=not progress) as bar:
         def batches():

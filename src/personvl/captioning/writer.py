@@ -26,8 +26,10 @@ def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise PersonvlError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not line.endswith(b"\n"):
-        return None
+    return _parse_header(line) if line.endswith(b"\n") else None
+
+
+def _parse_header(line: bytes | str) -> dict[str, Any] | None:
     try:
         header = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -71,10 +73,7 @@ class ResumableJsonl:
                 os.fsync(handle.fileno())
             self.repaired_bytes = len(data) - end
         lines = data[:end].decode("utf-8").splitlines()
-        try:
-            existing = json.loads(lines[0]) if lines else None
-        except json.JSONDecodeError:
-            existing = None
+        existing = _parse_header(lines[0]) if lines else None
         if existing != header:
             raise PersonvlError(f"{self.path} was written with another vocabulary, method or calibration (its "
                                 "first line differs); choose another output file or remove it")
