@@ -67,6 +67,18 @@ def test_jsonl_errors_name_the_line(tmp_path, line, message):
         load_dataset("jsonl", tmp_path)
 
 
+def test_a_header_keeps_its_writers_settings_and_only_the_first_line_is_one(tmp_path):
+    image(tmp_path / "a" / "1.jpg")
+    header = {"attribute_names": ["x", "y"], "prompts": ["A person {phrase}."], "calibration": {"images": 3}}
+    record = {"image": "a/1.jpg", "attributes": [0, 1]}
+    (tmp_path / "records.jsonl").write_text(json.dumps(header) + "\n" + json.dumps(record) + "\n")
+    records = load_dataset("jsonl", tmp_path)
+    assert records.attribute_names == ["x", "y"] and list(records[0].attributes) == [0, 1]
+    (tmp_path / "records.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(header) + "\n")
+    with pytest.raises(PersonvlError, match="line 2: missing key 'image'"):
+        load_dataset("jsonl", tmp_path)
+
+
 def test_folder_with_and_without_identities(tmp_path):
     for name in ["0007/a.jpg", "0007/b.jpg", "0012/c.png"]:
         image(tmp_path / "train" / name)

@@ -11,7 +11,9 @@ JSONL schema, one JSON object per line:
 - any other key is kept in ``record.extra``.
 
 An optional first line ``{"attribute_names": [...], "part_names": [...]}`` (no ``image``
-key) names the attribute vector's entries and the mask values. ``root`` is the .jsonl file or a
+key) names the attribute vector's entries and the mask values; its other keys are settings of
+the program that wrote the file (``personvl caption`` keeps its prompts and calibration there)
+and are not read. ``root`` is the .jsonl file or a
 folder holding ``records.jsonl``. ``split="all"`` reads every line; another split reads the
 lines with that ``split``. ``personvl data convert --to jsonl`` writes this schema.
 """
@@ -52,10 +54,10 @@ def read_jsonl_records(path: Path, split: str = ALL, image_root: Path | None = N
     header: dict[str, Any] = {}
     records: list[PersonRecord] = []
     seen_splits: dict[str, None] = {}
-    for number, entry in iter_jsonl(path):
+    for position, (number, entry) in enumerate(iter_jsonl(path)):
         where = f"line {number}"
-        if not records and not header and "image" not in entry and set(entry) <= HEADER_KEYS:
-            header = {k: string_list(v, path, where, k) for k, v in entry.items()}
+        if position == 0 and "image" not in entry:
+            header = {k: string_list(v, path, where, k) for k, v in entry.items() if k in HEADER_KEYS}
             continue
         entry_split = entry.get("split")
         if entry_split is not None:
