@@ -84,6 +84,45 @@ def test_a_users_vocabulary_file_replaces_the_shipped_one(tmp_path):
         load_vocabulary(path)
 
 
+def test_prompt_templates_and_wordings_make_each_phrases_prompt_ensemble(tmp_path):
+    path = tmp_path / "vocabulary.yaml"
+    path.write_text(textwrap.dedent("""
+        prompt: ["A photo of a person {phrase}", "A person {phrase}."]
+        groups:
+          - name: view
+            required: true
+            role: action
+            phrases: [{prompt: [facing the camera, walking towards the camera], caption: facing the camera},
+                      {prompt: seen from behind}]
+          - name: coat
+            required: true
+            role: worn
+            compose:
+              prompt: "wearing {a}{colour} {garment}"
+              parts:
+                colour: {grey: [grey, gray]}
+                garment: {coat: {words: [coat, overcoat], singular: true}}
+        """))
+    vocabulary = load_vocabulary(path)
+    assert vocabulary.prompts() == ["A photo of a person facing the camera", "A photo of a person seen from behind",
+                                    "A photo of a person wearing a grey coat"]
+    facing, behind, coat = vocabulary.prompt_ensembles()
+    assert facing == ("A photo of a person facing the camera", "A photo of a person walking towards the camera",
+                      "A person facing the camera.", "A person walking towards the camera.")
+    assert behind == ("A photo of a person seen from behind", "A person seen from behind.")
+    # every synonym combination of a composed phrase is a wording
+    assert coat == tuple(f"{t} wearing a{w}{e}" for t, e in (("A photo of a person", ""), ("A person", "."))
+                         for w in (" grey coat", " grey overcoat", " gray coat", " gray overcoat"))
+    assert vocabulary.group("view").phrases[0].key == "facing the camera"
+    assert vocabulary.prompt_ensembles(templates=["{phrase}"])[0] == ("facing the camera", "walking towards the camera")
+    for bad in ("A person", "A {phrase} {phrase}", "{phrase} {colour}", []):
+        with pytest.raises(UsageError, match="prompt template"):
+            vocabulary.prompt_ensembles(templates=bad if isinstance(bad, list) else [bad])
+    path.write_text("prompt: A person\ngroups: []\n")
+    with pytest.raises(UsageError, match="'prompt': a prompt template must contain"):
+        load_vocabulary(path)
+
+
 def test_grammars_expand_to_enough_distinct_templates():
     dcc, synth = load_templates("dcc"), load_templates("synth_pedes")
     assert len(set(dcc)) >= 400 and len(set(synth)) >= 1600
@@ -131,7 +170,8 @@ def test_prompts_are_embedded_once_and_groups_are_softmaxed(model, vocabulary):
         scorer.probabilities(images[:2])
     finally:
         del model.encode_text
-    assert sum(embedded) == len(vocabulary.phrases()) and calls == embedded   # no text work per batch
+    assert sum(embedded) == sum(len(e) for e in vocabulary.prompt_ensembles())
+    assert calls == embedded                                    # no text work per batch
     assert probabilities.shape == (5, len(vocabulary.phrases()))
     for start, stop in scorer.spans:
         np.testing.assert_allclose(probabilities[:, start:stop].sum(axis=1), 1.0, rtol=1e-5)
@@ -242,6 +282,25 @@ def test_calibration_subtracts_each_required_phrases_mean_log_probability(tmp_pa
         scorer.estimate_offsets([])
 
 
+def test_a_phrases_text_embedding_is_the_mean_direction_of_its_prompts(tmp_path):
+    encoder = _BiasedEncoder()
+    encoder.PROMPTS = {**_BiasedEncoder.PROMPTS, "A person wearing red.": [0.0, 3.0, 4.0],
+                       "A person wearing blue.": [0.0, 1.0, 0.0], "A person with a dog.": [0.0, 0.0, 1.0],
+                       "A person alone.": [0.0, 0.0, 0.5]}
+    vocabulary = _colour_vocabulary(tmp_path)
+    single = AttributeScorer(encoder, vocabulary)
+    assert torch.equal(single.text_embeddings[0], torch.tensor([1.0, 0.0, 2.0]))   # one prompt: as it is
+    scorer = AttributeScorer(encoder, vocabulary, prompts=["A photo of a person {phrase}", "A person {phrase}."])
+    assert scorer.prompt_templates == ("A photo of a person {phrase}", "A person {phrase}.")
+    # "wearing red": [1, 0, 2] (length 5 ** 0.5) and [0, 3, 4] (length 5): their sum's direction
+    # at their mean length.
+    direction = torch.tensor([1.0, 3.0, 6.0]) / 46 ** 0.5
+    torch.testing.assert_close(scorer.text_embeddings[0], direction * (5 ** 0.5 + 5) / 2)
+    torch.testing.assert_close(scorer.text_embeddings[1], torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(UsageError, match="prompt template"):
+        AttributeScorer(encoder, vocabulary, prompts=["A person"])
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -336,6 +395,9 @@ def test_a_killed_run_resumes_without_duplicates_or_corrupt_lines(small_world, m
     assert sorted(e["image"] for e in entries) == sorted(images)
     with pytest.raises(PersonvlError, match="method"):
         caption_images(images, out, model=model, method="synth-pedes", workers=0, progress=False)
+    assert json.loads(lines[0])["prompts"] == ["A photo of a person {phrase}"]
+    with pytest.raises(PersonvlError, match="prompts"):
+        caption_images(images, out, model=model, prompts=["A person {phrase}."], workers=0, progress=False)
 
 
 def test_calibrated_runs_store_their_offsets_and_resume_with_them(small_world, model, tmp_path, monkeypatch):
@@ -407,9 +469,14 @@ def test_command_line_captions_and_evaluates(small_world, model, tmp_path, capsy
     register(parser.add_subparsers())
     out = tmp_path / "captions.jsonl"
     args = parser.parse_args(["caption", str(world / "images"), "--out", str(out), "--model", str(model_dir),
-                              "--workers", "0", "--no-progress", "--evaluate", "--calibrate", "6"])
+                              "--workers", "0", "--no-progress", "--evaluate", "--calibrate", "6",
+                              "--prompt", "A person {phrase}.", "--prompt", "The person {phrase}."])
     assert args.handler(args) == 0
-    assert json.loads(out.read_text().splitlines()[0])["calibration"]["images"] == 6
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["calibration"]["images"] == 6
+    assert header["prompts"] == ["A person {phrase}.", "The person {phrase}."]
+    # the calibrated file, header and all, is a jsonl dataset
+    assert len(load_dataset("jsonl", out)) == len(read_world_records(world))
     printed = capsys.readouterr().out
     assert f"dcc captions for {len(read_world_records(world))} images" in printed
     assert "majority %" in printed and "upper_colour" in printed and "world (human-style)" in printed

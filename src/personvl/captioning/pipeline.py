@@ -176,7 +176,7 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
                    templates: str | os.PathLike | None = None, threshold: float = DEFAULT_THRESHOLD,
                    logit_scale: float | None = None, captions_per_image: int = 2, batch_size: int = 64,
                    workers: int = 2, seed: int = 0, calibration_images: int = 0,
-                   dataset: str | None = None, split: str | None = None,
+                   prompts: Sequence[str] | None = None, dataset: str | None = None, split: str | None = None,
                    tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = None,
                    progress: bool = True) -> CaptionRun:
     """Caption (``dcc``, ``synth-pedes``) or label (``attributes``) every image of ``images``
@@ -185,7 +185,9 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
     ``images``: a folder (recursive), a ``.jsonl`` index, a dataset root with ``dataset=``
     (and ``split=``), or a list of paths. ``model``: a ``PersonEncoder``, a saved model
     folder, or a registered name with ``weights`` (a CLIP file, a personvl model folder ...).
-    ``vocabulary`` / ``templates``: YAML files replacing the shipped ones. Optional groups
+    ``vocabulary`` / ``templates``: YAML files replacing the shipped ones. ``prompts``: scoring
+    prompt templates ("A person {phrase}.") replacing the vocabulary's; they should read like
+    the text the model learned from, and are stored in the file's first line. Optional groups
     speak only above ``threshold``. ``calibration_images`` > 0 first centres each required
     phrase's score on that many of the images (a sample drawn with ``seed``); the offsets are
     stored in the file's first line, and a resumed run uses them as they are. Re-running with
@@ -206,11 +208,12 @@ def caption_images(images: str | os.PathLike | Sequence[str | os.PathLike], out:
     encoder.eval()
     try:
         scorer = AttributeScorer(encoder, vocabulary, threshold=threshold, logit_scale=logit_scale,
-                                 extra=method == "synth-pedes")
+                                 extra=method == "synth-pedes", prompts=prompts)
         build = _EntryBuilder(method, scorer, template_list, captions_per_image, seed)
         out = Path(out)
         failures_path = failures_path_of(out)
-        header: dict[str, Any] = {"attribute_names": scorer.attribute_names}
+        header: dict[str, Any] = {"attribute_names": scorer.attribute_names,
+                                  "prompts": list(scorer.prompt_templates)}
         if calibration_images:
             header["calibration"] = _calibration(scorer, paths, out, calibration_images, seed, batch_size, workers,
                                                  progress)

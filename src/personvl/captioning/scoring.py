@@ -1,7 +1,9 @@
 """Conquer: score every phrase of the vocabulary against a batch of images at once.
 
 The prompts are embedded once; each image batch costs one image-encoder pass and one
-[B, D] x [D, P] product, followed by a softmax inside each group.
+[B, D] x [D, P] product, followed by a softmax inside each group. A phrase's text embedding
+averages every prompt that says it: each prompt template filled with each of its wordings
+("a grey jacket", "a gray windbreaker" ...), so that no single wording decides.
 
 Two refinements serve the facts a caption states rather than the phrase as a whole:
 
@@ -17,12 +19,12 @@ Two refinements serve the facts a caption states rather than the phrase as a who
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from personvl.captioning.vocabulary import Group, Phrase, Vocabulary
+from personvl.captioning.vocabulary import Group, Phrase, Vocabulary, check_prompt_templates
 from personvl.errors import UsageError
 
 DEFAULT_THRESHOLD = 0.9
@@ -46,12 +48,15 @@ class AttributeScorer:
 
     ``logit_scale`` multiplies the cosine similarities before the softmax (default: the
     model's learned temperature where it has one, else 100). ``extra=True`` also scores the
-    vocabulary's extra groups (SYNTH-PEDES's shoes slot). ``calibrate(offsets)`` turns on
-    calibration with offsets from ``estimate_offsets``.
+    vocabulary's extra groups (SYNTH-PEDES's shoes slot). ``prompts``: templates with a
+    {phrase} field replacing the vocabulary's. A phrase's text embedding is the mean over every
+    template filled with every wording of it (a prompt ensemble). ``calibrate(offsets)`` turns
+    on calibration with offsets from ``estimate_offsets``.
     """
 
     def __init__(self, model, vocabulary: Vocabulary, *, threshold: float = DEFAULT_THRESHOLD,
-                 logit_scale: float | None = None, extra: bool = False, text_batch_size: int = 256):
+                 logit_scale: float | None = None, extra: bool = False, prompts: Sequence[str] | None = None,
+                 text_batch_size: int = 256):
         if not 0.0 <= threshold <= 1.0:
             raise UsageError(f"threshold must be a probability in [0, 1], got {threshold}")
         self.model = model
@@ -68,7 +73,9 @@ class AttributeScorer:
             learned = getattr(model, "logit_scale", None)
             logit_scale = float(learned.detach().exp()) if learned is not None else DEFAULT_LOGIT_SCALE
         self.logit_scale = float(logit_scale)
-        self.text_embeddings = self._embed_prompts(vocabulary.prompts(extra), text_batch_size)
+        self.prompt_templates = vocabulary.prompt_templates if prompts is None else check_prompt_templates(prompts)
+        self.text_embeddings = self._embed_ensembles(vocabulary.prompt_ensembles(extra, self.prompt_templates),
+                                                     text_batch_size)
         attribute_names = vocabulary.attribute_names()
         self.attribute_names = attribute_names
         index = {name: i for i, name in enumerate(attribute_names)}
@@ -85,9 +92,17 @@ class AttributeScorer:
         self.offsets: np.ndarray | None = None
 
     @torch.inference_mode()
-    def _embed_prompts(self, prompts: list[str], batch_size: int) -> torch.Tensor:
+    def _embed_ensembles(self, ensembles: list[tuple[str, ...]], batch_size: int) -> torch.Tensor:
+        """[P, D]: per phrase, the direction of its prompts' mean embedding at their mean
+        length (a unit vector for every personvl model; a single prompt's embedding as it is)."""
+        prompts = [prompt for ensemble in ensembles for prompt in ensemble]
         chunks = [self.model.encode_text(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
-        return torch.cat(chunks).float()
+        embeddings = torch.cat(chunks).float()
+        sizes = torch.tensor([len(e) for e in ensembles], device=embeddings.device)
+        owner = torch.repeat_interleave(torch.arange(len(ensembles), device=embeddings.device), sizes)
+        sums = torch.zeros(len(ensembles), embeddings.shape[1], device=embeddings.device).index_add_(0, owner, embeddings)
+        lengths = torch.zeros(len(ensembles), device=embeddings.device).index_add_(0, owner, embeddings.norm(dim=-1))
+        return torch.nn.functional.normalize(sums, dim=-1) * (lengths / sizes)[:, None]
 
     @torch.inference_mode()
     def log_probabilities(self, images: torch.Tensor, calibrated: bool = True) -> torch.Tensor:

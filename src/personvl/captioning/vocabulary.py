@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from personvl.config import read_yaml_mapping
 from personvl.errors import UsageError
@@ -20,6 +20,7 @@ from personvl.errors import UsageError
 # Where a phrase goes in a caption (the template slots: {age} {person} {hair} {clothes}
 # {carried} {actions}).
 ROLES = ("age", "person", "hair", "worn", "carried", "action")
+DEFAULT_PROMPT = "A photo of a person {phrase}"     # UniPT's
 _PHRASE_KEYS = {"prompt", "caption", "values", "attributes", "role", "absent", "pronoun", "key"}
 
 
@@ -29,8 +30,9 @@ def default_vocabulary_path() -> Path:
 
 @dataclass(frozen=True)
 class Phrase:
-    """One scored phrase: ``prompt`` completes the scoring prompt, ``captions`` are the
-    synonyms a caption may use for it, ``values`` the slot facts it states."""
+    """One scored phrase: ``prompt`` completes the scoring prompt, ``wordings`` are every way
+    of saying it there (``prompt`` first), ``captions`` the synonyms a caption may use for
+    it, ``values`` the slot facts it states."""
 
     group: str
     key: str
@@ -41,6 +43,11 @@ class Phrase:
     role: str | None = None
     absent: bool = False
     pronoun: str | None = None
+    wordings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.wordings:
+            object.__setattr__(self, "wordings", (self.prompt,))
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,15 @@ class Vocabulary:
     """Groups in scoring order. ``groups`` make the captions; ``extra_groups`` are scored
     too but only SYNTH-PEDES strings use them (the shoes slot)."""
 
-    prompt: str
+    prompt_templates: tuple[str, ...]
     groups: tuple[Group, ...]
     extra_groups: tuple[Group, ...] = ()
     source: str = ""
+
+    @property
+    def prompt(self) -> str:
+        """The first prompt template."""
+        return self.prompt_templates[0]
 
     def all_groups(self, extra: bool = False) -> tuple[Group, ...]:
         return self.groups + (self.extra_groups if extra else ())
@@ -74,6 +86,13 @@ class Vocabulary:
     def prompts(self, extra: bool = False) -> list[str]:
         """The full scoring prompt of every phrase, in ``phrases()`` order."""
         return [fix_articles(self.prompt.format(phrase=p.prompt)) for p in self.phrases(extra)]
+
+    def prompt_ensembles(self, extra: bool = False, templates: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+        """Per phrase (in ``phrases()`` order), every prompt that says it: each template
+        (default: the vocabulary's) filled with each of the phrase's wordings."""
+        templates = self.prompt_templates if templates is None else check_prompt_templates(templates)
+        return [tuple(dict.fromkeys(fix_articles(t.format(phrase=w)) for t in templates for w in p.wordings))
+                for p in self.phrases(extra)]
 
     def attribute_names(self) -> list[str]:
         """The binary attribute vector's entries: every attribute of a present phrase of the
@@ -95,9 +114,11 @@ def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
     """Read a vocabulary YAML file (default: the shipped 14-group one)."""
     path = Path(path) if path is not None else default_vocabulary_path()
     values = read_yaml_mapping(path)
-    prompt = values.get("prompt", "A photo of a person {phrase}")
-    if not isinstance(prompt, str) or "{phrase}" not in prompt:
-        raise UsageError(f"{path}: 'prompt' must be a string containing {{phrase}}")
+    prompt = values.get("prompt", DEFAULT_PROMPT)
+    try:
+        templates = check_prompt_templates([prompt] if isinstance(prompt, str) else prompt)
+    except UsageError as exc:
+        raise UsageError(f"{path}: 'prompt': {exc}") from None
     groups = tuple(_group(entry, path) for entry in _list(values.get("groups"), path, "groups"))
     extra = tuple(_group(entry, path) for entry in _list(values.get("extra_groups", []), path, "extra_groups"))
     if not groups:
@@ -106,7 +127,18 @@ def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise UsageError(f"{path}: group {duplicate!r} is defined twice")
-    return Vocabulary(prompt, groups, extra, str(path))
+    return Vocabulary(templates, groups, extra, str(path))
+
+
+def check_prompt_templates(templates: Any) -> tuple[str, ...]:
+    """``templates`` as a tuple, once each is known to be a string with one {phrase} field."""
+    if isinstance(templates, str) or not isinstance(templates, (list, tuple)) or not templates:
+        raise UsageError("expected a prompt template or a non-empty list of them")
+    for template in templates:
+        rest = template.replace("{phrase}", "", 1) if isinstance(template, str) else "{"
+        if rest == template or "{" in rest or "}" in rest:
+            raise UsageError(f"a prompt template must contain {{phrase}} once and no other braces, got {template!r}")
+    return tuple(templates)
 
 
 def _list(value: Any, path: Path, where: str) -> list:
@@ -151,21 +183,23 @@ def _words(value: Any, path: Path, where: str) -> tuple[str, ...]:
 
 
 def _phrase(group: str, item: Any, path: Path, group_role: str | None) -> Phrase:
-    if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+    if not isinstance(item, dict) or "prompt" not in item:
         raise UsageError(f"{path}: group {group!r}: every phrase needs a 'prompt'")
+    wordings = _words(item["prompt"], path, f"group {group!r} phrase prompt")
+    prompt = wordings[0]
     unknown = sorted(set(item) - _PHRASE_KEYS)
     if unknown:
         raise UsageError(f"{path}: group {group!r}: unknown phrase key {unknown[0]!r}")
-    where = f"group {group!r} phrase {item['prompt']!r}"
-    captions = _words(item.get("caption", item["prompt"]), path, where)
-    key = str(item.get("key", strip_article(captions[0]) if not item.get("absent") else item["prompt"]))
+    where = f"group {group!r} phrase {prompt!r}"
+    captions = _words(item.get("caption", prompt), path, where)
+    key = str(item.get("key", strip_article(captions[0]) if not item.get("absent") else prompt))
     attributes = _words(item["attributes"], path, where) if "attributes" in item else (_slug(f"{group}_{key}"),)
     values = {str(k): str(v) for k, v in (item.get("values") or {}).items()}
     role = item.get("role", group_role)
     if role is not None and role not in ROLES:
         raise UsageError(f"{path}: {where}: role must be one of {', '.join(ROLES)}, got {role!r}")
-    return Phrase(group, key, item["prompt"].strip(), captions, values, attributes, role,
-                  bool(item.get("absent", False)), item.get("pronoun"))
+    return Phrase(group, key, prompt, captions, values, attributes, role, bool(item.get("absent", False)),
+                  item.get("pronoun"), wordings)
 
 
 def _composed(group: str, spec: Any, path: Path, role: str | None) -> Iterator[Phrase]:
@@ -192,12 +226,13 @@ def _composed(group: str, spec: Any, path: Path, role: str | None) -> Iterator[P
         article = "a " if singular else ""
         first_words = {part: words[0] for part, (_, (words, _)) in chosen.items()}
         prompt = spec["prompt"].format(a=article, **first_words)
-        # Every synonym combination of the parts is a caption synonym of the phrase.
+        # Every synonym combination of the parts is a wording and a caption synonym of the phrase.
         synonyms = [dict(zip(parts, words)) for words in itertools.product(*(w for _, (w, _) in chosen.values()))]
+        wordings = tuple(spec["prompt"].format(a=article, **words) for words in synonyms)
         captions = tuple(caption.format(a=article, **words) for words in synonyms)
         key = caption.format(a="", **first_words)
         names = tuple(_slug(a.format(**values)) for a in attributes) if attributes else (_slug(f"{group}_{key}"),)
-        yield Phrase(group, key, prompt, captions, values, names, role)
+        yield Phrase(group, key, prompt, captions, values, names, role, wordings=wordings)
 
 
 def _slug(text: str) -> str:

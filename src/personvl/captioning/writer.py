@@ -75,7 +75,7 @@ class ResumableJsonl:
         lines = data[:end].decode("utf-8").splitlines()
         existing = _parse_header(lines[0]) if lines else None
         if existing != header:
-            raise PersonvlError(f"{self.path} was written with another vocabulary, method or calibration (its "
+            raise PersonvlError(f"{self.path} was written with another vocabulary, prompts, method or calibration (its "
                                 "first line differs); choose another output file or remove it")
         for number, line in enumerate(lines[1:], 2):
             if not line.strip():

@@ -29,7 +29,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         run = caption_images(args.images, args.out, model=args.model, weights=args.weights, method=args.method,
                              vocabulary=args.vocabulary, templates=args.templates, threshold=args.threshold,
                              captions_per_image=args.captions_per_image, batch_size=args.batch_size,
-                             workers=args.workers, seed=args.seed, calibration_images=args.calibrate,
+                             workers=args.workers, seed=args.seed, calibration_images=args.calibrate, prompts=args.prompt,
                              dataset=args.dataset, split=args.split,
                              tokenizer=args.tokenizer, device=args.device, progress=not args.no_progress)
         print(run.summary())
@@ -70,6 +70,10 @@ def register(commands) -> None:
     caption.add_argument("--vocabulary", default=None, metavar="YAML",
                          help="attribute vocabulary replacing the shipped 14-group one")
     caption.add_argument("--templates", default=None, metavar="YAML", help="sentence grammars replacing the shipped ones")
+    caption.add_argument("--prompt", action="append", default=None, metavar="TEMPLATE",
+                         help="a scoring prompt template with a {phrase} field, replacing the vocabulary's "
+                              "(\"A photo of a person {phrase}\"); repeat it for an ensemble. It should read "
+                              "like the text the model learned from")
     caption.add_argument("--threshold", type=_probability, default=0.9, metavar="P",
                          help="probability an optional group's phrase must exceed (default %(default)s)")
     caption.add_argument("--calibrate", type=non_negative_int, default=0, metavar="N",
