@@ -9,7 +9,8 @@
    as queries).
 
 Run: python benchmarks/caption_pretrain.py [--identities 120] [--steps 150] [--workers 2]
-                                          [--captioner MODEL_DIR] [--calibrate N] [--out DIR]
+                                          [--captioner MODEL_DIR] [--calibrate N]
+                                          [--prompt "A person {phrase}."] [--out DIR]
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--captioner", default=None, help="a saved model folder (default: the reference run)")
     parser.add_argument("--calibrate", type=int, default=0, help="captioner calibration images (default 0: off)")
+    parser.add_argument("--prompt", action="append", default=None, metavar="TEMPLATE",
+                        help="captioner prompt template(s) (default: the vocabulary's)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="caption-pretrain-"))
@@ -63,7 +66,7 @@ def main() -> None:
     captioner = load_model(args.captioner) if args.captioner else reference
     captions = out / "pseudo.jsonl"
     run = caption_images([r.image_path for r in train], captions, model=captioner, workers=args.workers,
-                         calibration_images=args.calibrate, progress=False)
+                         calibration_images=args.calibrate, prompts=args.prompt, progress=False)
     print(run.summary())
     print(evaluate_captions(captions, world).table())
     print(diversity_table(compare_diversity(captions, world, len(load_templates("dcc")))))
