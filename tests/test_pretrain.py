@@ -141,6 +141,9 @@ def test_recipes_parse_and_unknown_keys_are_refused():
     for name in ("plip_tiny", "plip_rn50", "valpat_tiny", "valpat_rn50", "unipt_tiny", "unipt_vitb16"):
         config = load_pretrain_config(f"configs/pretrain/{name}.yaml")
         assert config.method in name
+    captioner = load_pretrain_config("configs/pretrain/captioner_tiny.yaml")
+    assert (captioner.method, captioner.unipt.mlm_weight, captioner.unipt.identity_aware) == ("unipt", 0.0, False)
+    assert captioner.model.name == "personvl-quickstart/pretrain/model"      # starts from the quickstart's encoder
     with pytest.raises(UsageError, match="unknown config key 'plip.tic'"):
         load_pretrain_config("configs/pretrain/plip_tiny.yaml", ["plip.tic=0"])
 
