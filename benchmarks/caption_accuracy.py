@@ -4,7 +4,8 @@ next to the majority-class baseline, with and without calibration.
 Run: python benchmarks/caption_accuracy.py [--model personvl-quickstart/pretrain/model]
                                           [--world personvl-quickstart/world]
                                           [--images 1200] [--calibrate 0,500]
-                                          [--prompt "A person {phrase}."] [--probe 3000]
+                                          [--prompt "A person {phrase}."] [--threshold 0.9]
+                                          [--probe 3000]
 The defaults are what `personvl quickstart` leaves behind: its pre-trained encoder and its world.
 Each `--calibrate` value is one `caption_images` run over the same test images (0: off).
 `--probe N` adds a reference column that reads the labels: a softmax regression per slot on
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--calibrate", default="0,500", help="calibration sample sizes, comma-separated")
     parser.add_argument("--prompt", action="append", default=None, metavar="TEMPLATE",
                         help="scoring prompt template(s) (default: the vocabulary's)")
+    parser.add_argument("--threshold", type=float, default=0.9, help="optional groups' threshold")
     parser.add_argument("--probe", type=int, default=0, metavar="N",
                         help="also fit a labelled linear probe per slot on N training images (0: no)")
     parser.add_argument("--threads", type=int, default=None)
@@ -89,8 +91,8 @@ def main() -> None:
     for size in sizes:
         started = time.perf_counter()
         out = scratch / f"calibrate-{size}.jsonl"
-        caption_images(paths, out, model=model, calibration_images=size, prompts=args.prompt, workers=0,
-                       progress=False)
+        caption_images(paths, out, model=model, calibration_images=size, prompts=args.prompt,
+                       threshold=args.threshold, workers=0, progress=False)
         evaluations[size] = evaluate_captions(out, world)
         print(f"calibration {size}: {time.perf_counter() - started:.1f} s")
     probe = probe_accuracies(model, world, test_rows, args.probe) if args.probe else {}
