@@ -72,11 +72,6 @@ class Vocabulary:
     extra_groups: tuple[Group, ...] = ()
     source: str = ""
 
-    @property
-    def prompt(self) -> str:
-        """The first prompt template."""
-        return self.prompt_templates[0]
-
     def all_groups(self, extra: bool = False) -> tuple[Group, ...]:
         return self.groups + (self.extra_groups if extra else ())
 
@@ -84,8 +79,9 @@ class Vocabulary:
         return [p for g in self.all_groups(extra) for p in g.phrases]
 
     def prompts(self, extra: bool = False) -> list[str]:
-        """The full scoring prompt of every phrase, in ``phrases()`` order."""
-        return [fix_articles(self.prompt.format(phrase=p.prompt)) for p in self.phrases(extra)]
+        """The first scoring prompt of every phrase (first template, first wording), in
+        ``phrases()`` order."""
+        return [ensemble[0] for ensemble in self.prompt_ensembles(extra)]
 
     def prompt_ensembles(self, extra: bool = False, templates: Sequence[str] | None = None) -> list[tuple[str, ...]]:
         """Per phrase (in ``phrases()`` order), every prompt that says it: each template
