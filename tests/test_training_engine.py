@@ -170,3 +170,74 @@ def test_lightnings_hosted_logger_advertisement_is_dropped_and_its_other_notices
 
     assert not logger.filter(record("💡 Tip: ... try installing [litlogger](https://pypi.org/project/litlogger/)"))
     assert logger.filter(record("GPU available: False, used: False"))
+
+
+class _RegressionWithNaN(torch.nn.Module):
+    """Linear regression whose loss is NaN on the given calls (micro-batches) of the run."""
+
+    def __init__(self, nan_calls=()):
+        super().__init__()
+        self.head = torch.nn.Linear(4, 1)
+        self.nan_calls, self.calls = set(nan_calls), 0
+
+    def forward(self, batch, progress, step=0):
+        loss = ((self.head(batch["x"]).squeeze(1) - batch["y"]) ** 2).mean()
+        if self.calls in self.nan_calls:
+            loss = loss * float("nan")
+        self.calls += 1
+        return {"loss": loss}
+
+    def parameter_groups(self):
+        return [{"params": self.head.parameters()}]
+
+
+def _regression_batches(count, size=4):
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(count):
+        x = torch.randn(size, 4, generator=g)
+        batches.append({"x": x, "y": x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(size, generator=g)})
+    return batches
+
+
+@pytest.mark.parametrize("optimiser, accumulate", [("adamw", 1), ("adan", 1), ("adamw", 2)])
+def test_a_nan_step_moves_neither_the_weights_nor_the_optimiser(tmp_path, optimiser, accumulate):
+    """Training through a NaN step ends where plain torch ends when it leaves that step out
+    (the schedule still advances); with weight decay a step on a zero gradient would not."""
+    from torch.utils.data import DataLoader
+
+    from personvl.training.task import TrainingTask
+    from personvl.training.trainer import TrainerConfig, build_trainer
+
+    steps, nan_step = 6, 2
+    config = OptimConfig(name=optimiser, lr=0.05, weight_decay=0.1, warmup_steps=2)
+    batches = _regression_batches(steps * accumulate)
+    torch.manual_seed(0)
+    method = _RegressionWithNaN(nan_calls={nan_step * accumulate})   # the step's first micro-batch
+    initial = {k: v.clone() for k, v in method.state_dict().items()}
+    task = TrainingTask(method, config, total_steps=steps, max_nonfinite_in_row=3)
+    trainer = build_trainer(TrainerConfig(max_steps=steps, accelerator="cpu", progress_bar=False, log_every_n_steps=1,
+                                          accumulate_grad_batches=accumulate, checkpoint_every_n_steps=steps), tmp_path)
+    trainer.fit(task, DataLoader(batches, batch_size=None))
+    assert trainer.global_step == steps and task.nonfinite_total == 1 and task.nonfinite_in_row == 0
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["nonfinite"] == {"in_row": 0, "total": 1}
+
+    reference = _RegressionWithNaN()
+    reference.load_state_dict(initial)
+    optimizer = build_optimizer(reference.parameter_groups(), config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, 2))
+    for step in range(steps):
+        if step != nan_step:
+            optimizer.zero_grad()
+            for batch in batches[step * accumulate:(step + 1) * accumulate]:
+                (reference(batch, 0.0)["loss"] / accumulate).backward()
+            optimizer.step()
+        schedule.step()
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(method.state_dict()[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    trained = task.trainer.optimizers[0]
+    if optimiser == "adan":
+        assert trained.param_groups[0]["step"] == optimizer.param_groups[0]["step"] == steps - 1
+    else:
+        assert all(int(s["step"]) == steps - 1 for s in trained.state.values())
