@@ -4,6 +4,7 @@ and returns a scalar loss, with no model or optimiser state inside."""
 from personvl.objectives.classification import attribute_bce_loss, batch_hard_triplet_loss, id_loss, positive_ratio_weights
 from personvl.objectives.colorization import colorization_loss, to_grayscale
 from personvl.objectives.contrastive import cmpm_loss, identity_match_matrix, infonce_loss, sdm_loss
+from personvl.objectives.distributed import distributed_world, gather_batch
 from personvl.objectives.masking import (
     masked_token_loss, masking_ratio_schedule, random_token_mask, select_attribute_words, whole_word_mask,
 )
@@ -11,6 +12,7 @@ from personvl.objectives.momentum import FeatureQueue, momentum_contrast_loss, m
 
 __all__ = [
     "FeatureQueue", "attribute_bce_loss", "batch_hard_triplet_loss", "cmpm_loss", "colorization_loss",
+    "distributed_world", "gather_batch",
     "id_loss", "identity_match_matrix", "infonce_loss", "masked_token_loss", "masking_ratio_schedule",
     "momentum_contrast_loss", "momentum_update", "positive_ratio_weights", "random_token_mask", "sdm_loss",
     "select_attribute_words", "to_grayscale", "whole_word_mask",

@@ -1,9 +1,18 @@
-"""Image-text alignment losses: identity-aware CMPM (PLIP), InfoNCE (CLIP), SDM (IRRA)."""
+"""Image-text alignment losses: identity-aware CMPM (PLIP), InfoNCE (CLIP), SDM (IRRA).
+
+Under DDP every loss here contrasts the global batch: the embeddings and identities of all
+ranks are gathered (``objectives.distributed``), every rank computes the loss of one process
+on the concatenated batch, and the gradient after DDP's averaging is that process's gradient.
+Identities must therefore be dataset-wide labels, not positions within a local batch.
+``across_ranks=False`` keeps a loss on the local batch (and out of any collective).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from personvl.objectives.distributed import gather_batch
 
 EPS = 1e-8
 
@@ -21,13 +30,20 @@ def _kl_to_matches(logits: torch.Tensor, matches: torch.Tensor, eps: float) -> t
     return kl.sum(dim=1).mean()
 
 
+def _global_batch(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, pids, across_ranks: bool):
+    if pids is not None:
+        pids = torch.as_tensor(pids, device=image_embeddings.device)
+    return gather_batch(image_embeddings, text_embeddings, pids, across_ranks=across_ranks)
+
+
 def cmpm_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, pids: torch.Tensor,
-              eps: float = EPS) -> torch.Tensor:
+              eps: float = EPS, *, across_ranks: bool = True) -> torch.Tensor:
     """Identity-aware cross-modal projection matching (PLIP's IVLC), both directions.
 
     ``p_ij = softmax_j(v_i . t_j / |t_j|)`` — each side is projected onto the *normalised* other
     side and no temperature is used; the target spreads evenly over same-identity pairs.
     """
+    image_embeddings, text_embeddings, pids = _global_batch(image_embeddings, text_embeddings, pids, across_ranks)
     matches = identity_match_matrix(pids, pids)
     image_unit = F.normalize(image_embeddings, dim=1)
     text_unit = F.normalize(text_embeddings, dim=1)
@@ -37,7 +53,7 @@ def cmpm_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, pid
 
 
 def infonce_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: torch.Tensor | float,
-                 pids: torch.Tensor | None = None) -> torch.Tensor:
+                 pids: torch.Tensor | None = None, *, across_ranks: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE on L2-normalised embeddings with a (learnable) logit scale.
 
     Without ``pids`` the i-th image and i-th text are the only positives (CLIP). With ``pids``
@@ -45,6 +61,7 @@ def infonce_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, 
     person) the target is spread over every same-identity pair, so a second image of the same
     person is not pushed away as a negative.
     """
+    image_embeddings, text_embeddings, pids = _global_batch(image_embeddings, text_embeddings, pids, across_ranks)
     image_unit = F.normalize(image_embeddings, dim=1)
     text_unit = F.normalize(text_embeddings, dim=1)
     logits = torch.as_tensor(logit_scale, dtype=image_unit.dtype, device=image_unit.device) * image_unit @ text_unit.t()
@@ -59,9 +76,10 @@ def infonce_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, 
 
 
 def sdm_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, pids: torch.Tensor,
-             logit_scale: torch.Tensor | float = 50.0, eps: float = EPS) -> torch.Tensor:
+             logit_scale: torch.Tensor | float = 50.0, eps: float = EPS, *, across_ranks: bool = True) -> torch.Tensor:
     """Similarity distribution matching: KL between the scaled cosine-similarity softmax and the
     normalised identity-match distribution, image->text plus text->image."""
+    image_embeddings, text_embeddings, pids = _global_batch(image_embeddings, text_embeddings, pids, across_ranks)
     image_unit = F.normalize(image_embeddings, dim=1)
     text_unit = F.normalize(text_embeddings, dim=1)
     scale = torch.as_tensor(logit_scale, dtype=image_unit.dtype, device=image_unit.device)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from personvl.objectives.distributed import gather_batch
+
 
 @torch.no_grad()
 def momentum_update(online: nn.Module, momentum_encoder: nn.Module, momentum: float = 0.999) -> None:
@@ -19,7 +21,13 @@ def momentum_update(online: nn.Module, momentum_encoder: nn.Module, momentum: fl
 
 class FeatureQueue(nn.Module):
     """A first-in first-out queue of L2-normalised keys, kept as a buffer so it is saved in
-    checkpoints and a resumed run sees the same negatives."""
+    checkpoints and a resumed run sees the same negatives.
+
+    Under DDP ``push`` enqueues the keys of every rank, in rank order, so the queue holds the
+    global batch's keys and stays identical on every rank (DDP's broadcast of rank 0's buffers
+    then changes nothing). A batch with a key that is not finite is not enqueued: the step it
+    came from is skipped, and one NaN key would otherwise poison every later step's negatives.
+    """
 
     def __init__(self, size: int, dim: int, seed: int = 0):
         super().__init__()
@@ -28,12 +36,16 @@ class FeatureQueue(nn.Module):
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def push(self, keys: torch.Tensor) -> None:
+    def push(self, keys: torch.Tensor, *, across_ranks: bool = True) -> None:
+        (keys,) = gather_batch(keys.detach(), across_ranks=across_ranks)
+        # The gathered batch is the same on every rank, so every rank takes the same decision.
+        if not bool(torch.isfinite(keys).all()):
+            return
         size = self.keys.shape[0]
         count = min(keys.shape[0], size)
         start = int(self.pointer)
         positions = (torch.arange(count, device=self.keys.device) + start) % size
-        self.keys[positions] = F.normalize(keys[-count:].detach(), dim=1).to(self.keys.dtype)
+        self.keys[positions] = F.normalize(keys[-count:], dim=1).to(self.keys.dtype)
         self.pointer.fill_((start + count) % size)
 
 
