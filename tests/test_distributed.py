@@ -132,6 +132,10 @@ def _queue_on_rank(rank):
     encoder = nn.parallel.DistributedDataParallel(KeyEncoder())
     for step in range(2):
         encoder(queue_inputs(step, rank)).backward()    # no optimiser: the keys stay computable
+    poisoned = queue_inputs(2, rank)
+    if rank == 1:
+        poisoned[0, 0] = float("nan")
+    encoder(poisoned).backward()                        # a NaN key on one rank: neither enqueues
     return {"keys": encoder.module.queue.keys.clone(), "pointer": int(encoder.module.queue.pointer)}
 
 
@@ -176,7 +180,7 @@ def test_the_gather_takes_ranks_with_different_batch_sizes(two_ranks):
         torch.testing.assert_close(result["grad"], towers.image.weight.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_the_moco_queue_holds_every_ranks_keys_in_rank_order_on_every_rank(two_ranks):
+def test_the_moco_queue_holds_every_ranks_finite_keys_in_rank_order_on_every_rank(two_ranks):
     ranks = [r["queue"] for r in two_ranks]
     reference = KeyEncoder()
     with torch.no_grad():
