@@ -246,8 +246,8 @@ def test_a_nan_on_one_rank_is_skipped_by_both_and_training_goes_on(tmp_path):
     torch.save(batches, tmp_path / "batches.pt")
     script = tmp_path / "nan_run.py"
     script.write_text(NAN_RUN)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path), str(steps), str(nan_step)],
-                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), str(steps), str(nan_step)], capture_output=True,
+                            text=True, timeout=TIMEOUT_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     assert [r["steps"] for r in ranks] == [steps, steps]
