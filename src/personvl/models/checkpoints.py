@@ -150,6 +150,9 @@ def save_model(model: PersonEncoder, directory: str | os.PathLike) -> Path:
     except OSError as exc:
         raise PersonvlError(f"cannot write to {directory}: {exc.strerror}") from None
     tokenizer = model.tokenizer   # loads the default one now, so a missing one fails before writing
+    # config.json, which load_model needs, is removed first and written last: a kill mid-export
+    # leaves a folder that no load accepts, never new weights beside an old or half tokenizer.
+    (directory / MODEL_CONFIG_FILE).unlink(missing_ok=True)
     state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     _write_atomically(directory / MODEL_WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     tokenizer.save(directory / TOKENIZER_DIR)

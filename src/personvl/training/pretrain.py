@@ -28,6 +28,7 @@ from personvl.methods.plip import PLIPConfig
 from personvl.methods.registry import METHODS, build_method
 from personvl.methods.unipt import UniPTConfig
 from personvl.methods.valpat import VALPATConfig
+from personvl.training.checkpointing import write_text_atomically
 from personvl.training.optim import OptimConfig
 from personvl.training.resumable import ResumableDataLoader, ResumableStreamLoader
 from personvl.training.task import TrainingTask
@@ -284,5 +285,5 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
         summary["model_dir"] = str(out / MODEL_DIR)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
         summary["last_losses"] = metrics
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        write_text_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     return summary

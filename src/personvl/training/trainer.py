@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from personvl.errors import PersonvlError
-from personvl.training.checkpointing import AtomicCheckpointIO
+from personvl.training.checkpointing import (AtomicCheckpointIO, ContinuedCSVLogger, ContinuedMetricsWriter,
+                                             temporary_path)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -101,8 +104,12 @@ def build_trainer(config: TrainerConfig, out_dir: str | Path) -> pl.Trainer:
         monitor="step",
         mode="max",
         save_last=True,
+        # A run resumed from an earlier checkpoint than the newest file (killed between writing
+        # stepN.ckpt and last.ckpt) trains the same steps again: their checkpoints replace the
+        # files of the same name instead of adding "-v1" copies that no later step deletes.
+        enable_version_counter=False,
     )
-    loggers = [CSVLogger(out_dir, name="logs", version="", flush_logs_every_n_steps=config.log_every_n_steps),
+    loggers = [ContinuedCSVLogger(out_dir, name="logs", version="", flush_logs_every_n_steps=config.log_every_n_steps),
                TensorBoardLogger(out_dir, name="tensorboard", version="")]
     return pl.Trainer(
         default_root_dir=out_dir,
@@ -132,19 +139,46 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return path if path.exists() else None
 
 
+def remove_partial_writes(out_dir: str | os.PathLike, summary_file: str = "summary.json") -> list[Path]:
+    """Delete the temporary files that a run killed mid-write left in ``out_dir``; returns them.
+
+    Only the names our atomic writers give: a checkpoint's or best weights' temporary file in
+    ``checkpoints/``, an exported model folder's weights or config, the metrics log and the
+    summary. The file each of them was replacing is whole (the old one, or none)."""
+    from personvl.models.weight_formats import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
+
+    out = Path(out_dir)
+    partial = [*(out / CHECKPOINT_DIR).glob(".*.tmp"), temporary_path(out / summary_file)]
+    for name in (MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE):
+        partial += out.glob(f"*/{name}.tmp")
+    partial += out.glob(f"*/{temporary_path(Path(ContinuedMetricsWriter.NAME_METRICS_FILE))}")
+    removed = [path for path in partial if path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)   # every DDP rank cleans up before training starts
+    return removed
+
+
 def start_run(config: Any, resume: bool, summary_file: str = "summary.json") -> tuple[Path, Path | None]:
-    """Check ``config.output_dir`` against ``resume`` and write the resolved config beside the
-    run; returns the run directory and the checkpoint to resume from (None for a new run).
-    A directory holding a run is never silently overwritten."""
-    from personvl.config import save_config
+    """Check ``config.output_dir`` against ``resume``, remove what a killed run left half-written
+    and write the resolved config beside the run; returns the run directory and the checkpoint to
+    resume from (None: the run starts from its first step).
+
+    A directory holding a run is never silently overwritten. Resuming a run that was stopped
+    before its first checkpoint starts it again from the beginning, with a warning."""
+    from personvl.config import RESOLVED_CONFIG_NAME, save_config
 
     out = Path(config.output_dir)
     checkpoint = latest_checkpoint(out)
-    if checkpoint is None and resume:
+    started = (out / RESOLVED_CONFIG_NAME).is_file()
+    if checkpoint is None and resume and (not started or (out / summary_file).exists()):
         raise PersonvlError(f"nothing to resume: no {out}/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")
     if checkpoint is None and (out / summary_file).exists():
         raise PersonvlError(f"{out} already holds a finished run; choose another output_dir")
     if checkpoint is not None and not resume:
         raise PersonvlError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
+    if checkpoint is None and resume:
+        warnings.warn(f"{out} holds no checkpoint yet (the run stopped before its first one): "
+                      f"it starts again from its first step", stacklevel=2)
+    remove_partial_writes(out, summary_file)
     save_config(config, out)
     return out, checkpoint
