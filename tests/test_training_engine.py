@@ -2,6 +2,7 @@
 non-finite guard, the learning-rate schedule and per-module learning rates."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from personvl.errors import UsageError
 from personvl.training.optim import OptimConfig, build_optimizer, warmup_cosine
 
 TOY = textwrap.dedent('''
-    import os, sys
+    import os, sys, time
     import lightning.pytorch as pl
     import torch
     from torch import nn
@@ -52,10 +53,12 @@ TOY = textwrap.dedent('''
 
     out, steps, stop_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
-    class Kill(pl.Callback):
+    class WaitForKill(pl.Callback):
+        """Says when the run reaches ``stop_after`` and waits there for the test's SIGKILL."""
         def on_train_batch_end(self, trainer, *args):
             if trainer.global_step == stop_after:
-                os._exit(9)   # like SIGKILL: no cleanup, no final checkpoint
+                print("waiting", flush=True)
+                time.sleep(300)
 
     pl.seed_everything(0, workers=True)
     data = Points()
@@ -64,25 +67,42 @@ TOY = textwrap.dedent('''
     trainer = build_trainer(TrainerConfig(max_steps=steps, checkpoint_every_n_steps=3, keep_last_checkpoints=2,
                                           accelerator="cpu", progress_bar=False, log_every_n_steps=1), out)
     if stop_after > 0:
-        trainer.callbacks.append(Kill())
+        trainer.callbacks.append(WaitForKill())
     trainer.fit(task, loader, ckpt_path=latest_checkpoint(out))
     torch.save(task.method.head.state_dict(), os.path.join(out, "final.pt"))
 ''')
 
 
-def run_toy(tmp_path: Path, out: Path, steps: int, stop_after: int = -1, env=None):
+def run_toy(tmp_path: Path, out: Path, steps: int, env=None):
     script = tmp_path / "toy.py"
     script.write_text(TOY)
-    return subprocess.run([sys.executable, str(script), str(out), str(steps), str(stop_after)],
+    return subprocess.run([sys.executable, str(script), str(out), str(steps), "-1"],
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def kill_toy_at(tmp_path: Path, out: Path, steps: int, stop_after: int) -> int:
+    """Runs the toy until it reports step ``stop_after``, then SIGKILLs it from here."""
+    script = tmp_path / "toy.py"
+    script.write_text(TOY)
+    run = subprocess.Popen([sys.executable, str(script), str(out), str(steps), str(stop_after)],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in run.stdout:
+            if line.strip() == "waiting":
+                os.kill(run.pid, signal.SIGKILL)
+                break
+        return run.wait(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     straight = tmp_path / "straight"
     assert run_toy(tmp_path, straight, 14).returncode == 0
     resumed = tmp_path / "resumed"
-    killed = run_toy(tmp_path, resumed, 14, stop_after=10)   # 8 batches per epoch: dies mid-epoch 2
-    assert killed.returncode == 9
+    killed = kill_toy_at(tmp_path, resumed, 14, stop_after=10)   # 8 batches per epoch: dies mid-epoch 2
+    assert killed == -signal.SIGKILL
     checkpoints = sorted(p.name for p in (resumed / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and not any(name.endswith(".tmp") for name in checkpoints)
     assert len([c for c in checkpoints if c.startswith("step")]) == 2   # keeps the last K
