@@ -156,3 +156,10 @@ def test_openai_names_demand_the_activation_openai_trained_with(hub_cache, tmp_p
                    {"open_clip_model.safetensors": tmp_path / "open_clip_model.safetensors"})
     with pytest.raises(PersonvlError, match="trained with QuickGELU: create the model with quick_gelu=True"):
         create_model("unipt-vitb16", weights={"image": "openai"})
+
+
+def test_a_name_for_the_whole_model_is_a_clip_tag_else_a_missing_path(hub_cache):
+    with pytest.raises(PersonvlError, match=r"weights runs do not exist \(a published name starts one tower"):
+        create_model("tiny-plip-rn50", weights="runs")
+    with pytest.raises(PersonvlError, match="image weights 'openai' .* not in the Hugging Face cache"):
+        resolve_hub_weights("openai", None, model_config("clip-rn50"))

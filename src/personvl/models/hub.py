@@ -71,14 +71,16 @@ def resolve_hub_weights(name: str, part: str | None, model_config: Any) -> HubWe
     """The files ``name`` stands for as ``part`` (``image``, ``text`` or None: the whole
     model) of a model with ``model_config``."""
     image, text = model_config.image_tower, model_config.text_tower
-    if part in (None, "image"):
-        clip = clip_architecture(image)
-        if clip is not None and name in _open_clip_tags(clip):
-            return _open_clip_weights(name, clip)
+    clip = clip_architecture(image) if part in (None, "image") else None
+    if clip is not None and name in _open_clip_tags(clip):
+        return _open_clip_weights(name, clip)     # a whole CLIP file: as the model's weights, or its image tower
+    if part is None:
+        raise PersonvlError(f"weights {name} do not exist (a published name starts one tower: "
+                            f"weights={{'image': ...}} or {{'text': ...}})")
+    if part == "image":
         if image.get("type") == "timm" and "." in name and name.split(".")[0] == image["model_name"]:
             return _timm_weights(name, image)
-        if part == "image":
-            raise PersonvlError(_unknown_image_name(name, image, clip))
+        raise PersonvlError(_unknown_image_name(name, image, clip))
     if text.get("type") == "bert":
         return _bert_weights(name, model_config.architecture)
     raise PersonvlError(f"weights {name!r}: no such file or folder, and {model_config.architecture}'s text tower "
