@@ -11,8 +11,8 @@
 A name is looked up in the local caches first (the Hugging Face cache, ``HF_HUB_CACHE`` or
 ``HF_HOME/hub``, which transformers, timm and open_clip share; and ``~/.cache/clip`` for
 OpenAI files fetched by URL), so a machine that has the files never touches the network. Only
-when they are absent is the hub asked, once and quickly; without a network the error says what
-to download and where to pass it.
+when they are absent is the hub asked, once and quickly (never with ``HF_HUB_OFFLINE=1``);
+without a network the error says what to download and where to pass it.
 """
 
 from __future__ import annotations
