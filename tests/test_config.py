@@ -67,7 +67,7 @@ def test_malformed_override_and_yaml_errors_say_where(tmp_path):
 
 
 def test_override_into_a_value_is_an_error():
-    with pytest.raises(UsageError, match="is a value, not a section"):
+    with pytest.raises(UsageError, match=r"'name' is a value \('x'\), not a section"):
         apply_overrides({"name": "x"}, ["name.sub=1"])
 
 
@@ -77,3 +77,40 @@ def test_saved_config_round_trips(tmp_path):
     assert path.name == "config.yaml"
     assert yaml.safe_load(path.read_text())["optim"] == {"lr": 0.5, "betas": [0.9, 0.999]}
     assert load_config(Recipe, path) == config
+
+
+@dataclass
+class Model:
+    weights: str | dict[str, str] | None = None
+    options: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class WithModel:
+    model: Model = field(default_factory=Model)
+
+
+def test_a_key_is_a_value_or_a_mapping_and_overrides_fill_either_form(tmp_path):
+    assert load_config(WithModel, None, ["model.weights=a.pt"]).model.weights == "a.pt"
+    both = load_config(WithModel, None, ["model.weights.image=a.pt", "model.weights.text=b/"])
+    assert both.model.weights == {"image": "a.pt", "text": "b/"}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  weights:\n    image: openai\n    text: bert-base-uncased\n")
+    assert load_config(WithModel, recipe, ["model.weights.image=RN50.pt"]).model.weights == {
+        "image": "RN50.pt", "text": "bert-base-uncased"}
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("model:\n  weights:\n")            # a key left empty takes sub-keys
+    assert load_config(WithModel, empty, ["model.weights.text=b/"]).model.weights == {"text": "b/"}
+    with pytest.raises(UsageError, match=r"'model\.weights' is a value \('a\.pt'\), not a section; "
+                                         r"override model\.weights=\.\.\. as a whole"):
+        load_config(WithModel, None, ["model.weights=a.pt", "model.weights.image=b.pt"])
+    with pytest.raises(UsageError, match=r"'model\.weights': expected a string or a mapping, got 5"):
+        load_config(WithModel, None, ["model.weights=5"])
+
+
+def test_mapping_values_are_checked_against_their_declared_type():
+    assert load_config(WithModel, None, ["model.options.width=3"]).model.options == {"width": 3}
+    with pytest.raises(UsageError, match=r"'model\.options\.width': expected an integer, got 'wide'"):
+        load_config(WithModel, None, ["model.options.width=wide"])
+    with pytest.raises(UsageError, match=r"'model\.weights\.image': expected a string, got 3"):
+        build_config(WithModel, {"model": {"weights": {"image": 3}}})

@@ -203,3 +203,48 @@ def test_weights_that_are_not_there_or_not_weights_are_named(tmp_path):
         open_model(tmp_path / "m", weights=tmp_path / "x.pt")
     with pytest.raises(UsageError, match="model folder runs/typo does not exist"):
         open_model("runs/typo")
+
+
+def _tiny_clip_rn50_file(path):
+    """A CLIP ModifiedResNet state dict with open_clip's names: 4 heads to a 64-d pool."""
+    torch.manual_seed(6)
+    clip = create_model("tiny-clip-rn50")
+    state = {(k[len("text."):] if k.startswith("text.") else k): v for k, v in clip.state_dict().items()}
+    torch.save(state, path)
+    return clip
+
+
+def test_clip_resnet_file_for_another_attention_pool_fills_the_trunk_and_names_the_pool(tmp_path):
+    clip = _tiny_clip_rn50_file(tmp_path / "RN50.pt")
+    model = create_model("tiny-plip-rn50", weights={"image": tmp_path / "RN50.pt"})   # 2 heads to 32-d
+    report = model.load_report
+    assert report.fits
+    assert report.not_covered == ["visual.attnpool", "text tower"]
+    assert report.filled == {str(tmp_path / "RN50.pt"): ["image tower except visual.attnpool"]}
+    assert ("visual.attnpool from " + str(tmp_path / "RN50.pt") + ": the file's attention pool (4 heads to 64-d) is not "
+            "this model's (2 heads to 32-d): left as initialised") in report.notes
+    ours, theirs = model.visual.state_dict(), clip.visual.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith("attnpool."))
+    assert not torch.equal(ours["attnpool.q_proj.weight"], theirs["attnpool.q_proj.weight"])   # same shape, not taken
+    assert "visual.attnpool.q_proj.weight" not in report.loaded_keys
+
+
+def test_clip_resnet_file_for_the_same_attention_pool_fills_it_too(tmp_path):
+    clip = _tiny_clip_rn50_file(tmp_path / "RN50.pt")
+    model = create_model("tiny-clip-rn50", weights=tmp_path / "RN50.pt")
+    assert model.load_report.fits and model.load_report.not_covered == []
+    assert torch.equal(model.visual.attnpool.c_proj.weight, clip.visual.attnpool.c_proj.weight)
+
+
+def test_report_lists_what_each_source_filled_and_what_stayed_initialised(tmp_path):
+    _tiny_clip_rn50_file(tmp_path / "RN50.pt")
+    _tiny_bert_folder(tmp_path / "bert")
+    model = create_model("tiny-plip-rn50", weights={"image": tmp_path / "RN50.pt", "text": tmp_path / "bert"})
+    report = model.load_report
+    assert report.filled == {str(tmp_path / "RN50.pt"): ["image tower except visual.attnpool"],
+                             str(tmp_path / "bert"): ["text tower"]}
+    lines = report.summary_lines()
+    assert lines[:3] == [f"{tmp_path / 'RN50.pt'}: image tower except visual.attnpool", f"{tmp_path / 'bert'}: text tower",
+                         "left as initialised: visual.attnpool"]
+    document = json.loads(json.dumps(report.to_dict()))
+    assert document["left_as_initialised"] == ["visual.attnpool"] and document["loaded"] == report.loaded

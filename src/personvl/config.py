@@ -44,10 +44,14 @@ def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[st
         key, value = parse_override(text)
         node = result
         parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:           # absent, or a key left empty (null) in the recipe
+                child = node[part] = {}
             if not isinstance(child, dict):
-                raise UsageError(f"override {text!r}: {part!r} is a value, not a section")
+                section = ".".join(parts[:depth + 1])
+                raise UsageError(f"override {text!r}: {section!r} is a value ({child!r}), not a section; "
+                                 f"override {section}=... as a whole")
             node = child
         node[parts[-1]] = value
     return result
@@ -134,7 +138,12 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
                 return _coerce(value, option, dotted)
             except UsageError as exc:
                 errors.append(str(exc))
-        raise UsageError(errors[0])
+        # A mapping given where a mapping is one of the options has a fault inside it: say which.
+        shaped = [e for a, e in zip(non_none, errors) if _same_shape(value, typing.get_origin(a) or a)]
+        if len(non_none) == 1 or len(shaped) == 1:
+            raise UsageError((shaped or errors)[0])
+        kinds = " or ".join(_KINDS.get(typing.get_origin(a) or a, getattr(a, "__name__", str(a))) for a in non_none)
+        raise UsageError(f"config key '{dotted}': expected {kinds}, got {value!r}")
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise UsageError(f"config key '{dotted}': expected a section (mapping), got {value!r}")
@@ -153,7 +162,8 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise UsageError(f"config key '{dotted}': expected a mapping, got {value!r}")
-        return dict(value)
+        key_hint, value_hint = args if len(args) == 2 else (Any, Any)
+        return {_coerce(k, key_hint, dotted): _coerce(v, value_hint, f"{dotted}.{k}") for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -177,6 +187,18 @@ def _coerce(value: Any, hint: Any, dotted: str) -> Any:
             return value
         raise UsageError(f"config key '{dotted}': expected a string, got {value!r}")
     return value
+
+
+def _same_shape(value: Any, kind: Any) -> bool:
+    if isinstance(value, Mapping):
+        return kind is dict or dataclasses.is_dataclass(kind)
+    if isinstance(value, (list, tuple)):
+        return kind in (list, tuple)
+    return False
+
+
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping",
+          list: "a list", tuple: "a list"}
 
 
 def _deep_copy(values: Mapping[str, Any]) -> dict[str, Any]:

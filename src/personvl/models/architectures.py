@@ -178,16 +178,18 @@ def valpat_rn50(tiny: bool, *, image_size: Sequence[int] | None = None, embed_di
 
 
 PERSONVL_DIR = "personvl model folder (save_model)"
-BERT_DIR = "Hugging Face BERT folder (text tower)"
+BERT_DIR = "Hugging Face BERT folder or hub name, e.g. bert-base-uncased (text tower)"
 CLIP_VIT_FILES = "CLIP ViT-B/16: OpenAI TorchScript ViT-B-16.pt or open_clip state dict"
 FAMILIES = {
-    "plip-rn50": (plip_rn50, (PERSONVL_DIR, "official PLIP checkpoint (PLIP_RN50.pth.tar)", BERT_DIR)),
+    "plip-rn50": (plip_rn50, (PERSONVL_DIR, "official PLIP checkpoint (PLIP_RN50.pth.tar)",
+                              "CLIP RN50 file or 'openai' (image tower trunk; the attention pool differs)", BERT_DIR)),
     "plip-swinb": (plip_swinb, (PERSONVL_DIR, "timm Swin-B state dict (image tower)", BERT_DIR)),
     "clip-rn50": (clip_rn50, (PERSONVL_DIR, "CLIP RN50: OpenAI TorchScript RN50.pt or open_clip state dict")),
     "clip-vitb16": (clip_vitb16, (PERSONVL_DIR, CLIP_VIT_FILES)),
     "clip-vitb16-reid": (clip_vitb16_reid, (PERSONVL_DIR, CLIP_VIT_FILES)),
-    "unipt-vitb16": (unipt_vitb16, (PERSONVL_DIR, CLIP_VIT_FILES + " (image tower)", BERT_DIR)),
-    "valpat-rn50": (valpat_rn50, (PERSONVL_DIR, "timm ResNet-50 state dict (image tower)", BERT_DIR)),
+    "unipt-vitb16": (unipt_vitb16, (PERSONVL_DIR, CLIP_VIT_FILES + " or 'openai' (image tower)", BERT_DIR)),
+    "valpat-rn50": (valpat_rn50, (PERSONVL_DIR, "timm ResNet-50 state dict or timm name, e.g. resnet50.tv_in1k "
+                                                "(image tower)", BERT_DIR)),
 }
 
 for _name, (_build, _weights) in FAMILIES.items():

@@ -4,7 +4,8 @@
 that does not fit exactly: parameters the sources should cover but do not (missing), tensors
 with no place in the model (unexpected) and shape mismatches are listed in one error. With
 ``strict=False`` the fitting tensors load and the rest is reported in a warning and in
-``model.load_report``.
+``model.load_report``. A source is a path or a published name (``openai``, ``bert-base-uncased``,
+``resnet50.tv_in1k``: see ``personvl.models.hub``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from personvl.errors import PersonvlError
 from personvl.models.config import ModelConfig
 from personvl.models.encoder import PersonEncoder
+from personvl.models.hub import is_hub_name, resolve_hub_weights
 from personvl.models.tokenization import TextTokenizer, load_tokenizer
 from personvl.models.weight_formats import (
     FORMAT_NAME, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, PART_PREFIXES, TOKENIZER_DIR, WeightSource, part_of, read_weights,
@@ -48,10 +50,26 @@ class LoadReport:
     not_covered: list[str] = field(default_factory=list)   # what no source filled: left as initialised
     notes: list[str] = field(default_factory=list)
     tokenizer_dir: Path | None = None
+    filled: dict[str, list[str]] = field(default_factory=dict)   # source -> the parts it filled
+    loaded_keys: list[str] = field(default_factory=list, repr=False)
 
     @property
     def fits(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    def to_dict(self) -> dict:
+        """The report as JSON-plain values (what a training run saves beside itself)."""
+        return {"sources": self.sources, "loaded": self.loaded, "filled": self.filled,
+                "left_as_initialised": self.not_covered, "notes": self.notes, "missing": self.missing,
+                "unexpected": self.unexpected, "ignored": self.ignored,
+                "mismatched": [[key, list(a), list(b)] for key, a, b in self.mismatched]}
+
+    def summary_lines(self) -> list[str]:
+        """What each source filled and what was left as initialised, one line each."""
+        lines = [f"{source}: {', '.join(parts)}" for source, parts in self.filled.items()]
+        lines.append(f"left as initialised: {', '.join(self.not_covered) or 'nothing'}")
+        lines.extend(self.notes)
+        return lines
 
     def problems(self) -> str:
         parts = []
@@ -82,9 +100,18 @@ def load_weights(model: PersonEncoder, weights: Weights, *, strict: bool = True)
     combined: dict[str, torch.Tensor] = {}
     optional: list[str] = []
     covered: dict[str, str] = {}   # model key prefix -> the source filling it
+    filled_by: dict[str, set[str]] = {}
+    left: dict[str, str] = {}      # model key prefix -> why its source leaves it as initialised
     for path, only in _normalise(weights):
+        label = str(path)
+        hub = None
+        if isinstance(path, str):
+            hub = resolve_hub_weights(str(path), only, model.config)
+            path, label = hub.path, f"{path} ({hub.description})"
         source = read_weights(path, model)
-        _check_compatible(source, model)
+        if hub is not None and hub.quick_gelu:
+            source.quick_gelu = True
+        _check_compatible(source, model, only)
         state, prefixes = source.state, source.covered_prefixes
         if only is not None:
             if only not in source.parts:
@@ -99,11 +126,16 @@ def load_weights(model: PersonEncoder, weights: Weights, *, strict: bool = True)
             if clash is not None:
                 raise PersonvlError(f"two weight sources for {clash.rstrip('.')}: {covered[clash]} and {path} "
                                     "(weights={'image': ..., 'text': ...} takes one part of each)")
-            covered[prefix] = str(path)
+            covered[prefix] = label
         combined.update(state)
+        filled_by[label] = set(state)
+        for prefix, reason in source.leaves.items():
+            if only is None or part_of(prefix) == only:
+                left[prefix] = reason
+                report.notes.append(f"{prefix.rstrip('.')} from {label}: {reason}")
         report.unexpected.extend(k for k in source.unexpected if only is None or part_of(k) == only)
         optional.extend(source.optional_prefixes)
-        report.sources.append(f"{path} ({source.kind})")
+        report.sources.append(label if hub is not None else f"{path} ({source.kind})")
         report.notes.extend(source.notes)
         if source.tokenizer_dir is not None and only in (None, "text"):
             report.tokenizer_dir = source.tokenizer_dir
@@ -113,7 +145,7 @@ def load_weights(model: PersonEncoder, weights: Weights, *, strict: bool = True)
     # archives and old checkpoints store them anyway.
     derived = {name for name, _ in model.named_buffers()} - set(model_state)
     covered_prefixes = tuple(covered)
-    expected = {k for k in model_state if k.startswith(covered_prefixes)}
+    expected = {k for k in model_state if k.startswith(covered_prefixes) and not k.startswith(tuple(left))}
     report.not_covered = _summarise_keys(sorted(set(model_state) - expected), list(model_state))
     report.missing = sorted(expected - set(combined))
     fitting = {}
@@ -137,6 +169,9 @@ def load_weights(model: PersonEncoder, weights: Weights, *, strict: bool = True)
     with torch.no_grad():
         model.load_state_dict(fitting, strict=False)
     report.loaded = len(fitting)
+    report.loaded_keys = sorted(fitting)
+    all_keys = list(model_state)
+    report.filled = {label: _summarise_keys(sorted(keys & set(fitting)), all_keys) for label, keys in filled_by.items()}
     model.load_report = report
     return report
 
@@ -204,20 +239,33 @@ def attach_tokenizer(model: PersonEncoder, tokenizer: str | os.PathLike | TextTo
     model.tokenizer = tokenizer
 
 
-def _normalise(weights: Weights) -> list[tuple[Path, str | None]]:
+def _normalise(weights: Weights) -> list[tuple[str | Path, str | None]]:
+    # Hub names stay strings: Path("openai") would read as a relative path.
+    def entry(value):
+        return value if isinstance(value, str) and is_hub_name(value) else Path(value)
+
     if isinstance(weights, (str, os.PathLike)):
-        return [(Path(weights), None)]
+        return [(entry(weights), None)]
     if isinstance(weights, Mapping):
         unknown = sorted(set(weights) - {"image", "text"})
         if unknown:
             raise PersonvlError(f"weights parts are 'image' and 'text', got {unknown[0]!r}")
-        return [(Path(path), part) for part, path in weights.items()]
-    return [(Path(path), None) for path in weights]
+        return [(entry(path), part) for part, path in weights.items()]
+    return [(entry(path), None) for path in weights]
 
 
-def _check_compatible(source: WeightSource, model: PersonEncoder) -> None:
+def frozen_without_weights(model: PersonEncoder) -> list[str]:
+    """Frozen parameters of ``model`` that no weight source filled: they would train at their
+    random initialisation, never moving. Empty for a model whose frozen parts were loaded."""
+    report = model.load_report
+    loaded = set(report.loaded_keys) if report is not None else set()
+    return [name for name, parameter in model.named_parameters() if not parameter.requires_grad and name not in loaded]
+
+
+def _check_compatible(source: WeightSource, model: PersonEncoder, only: str | None = None) -> None:
     if source.quick_gelu:
-        towers = (model.config.image_tower, model.config.text_tower)
+        used = {"image": (model.config.image_tower,), "text": (model.config.text_tower,)}
+        towers = used.get(only, (model.config.image_tower, model.config.text_tower))
         if any(tower.get("quick_gelu") is False for tower in towers):
             raise PersonvlError(f"{source.path} was trained with QuickGELU: create the model with quick_gelu=True")
     if source.config is not None:
@@ -236,17 +284,26 @@ def _meaningful(tower: dict) -> dict:
 
 
 def _summarise_keys(keys: list[str], all_keys: list[str]) -> list[str]:
-    """Whole parts by name ("image tower"), else the modules (first two name components)."""
+    """Whole parts by name ("image tower"), most of a part as the part but some modules
+    ("image tower except visual.attnpool"), else the modules (first two name components)."""
     summary = []
+    chosen = set(keys)
     for part, prefix in PART_PREFIXES.items():
         in_part = [k for k in keys if k.startswith(prefix)]
         if not in_part:
             continue
-        if len(in_part) == sum(1 for k in all_keys if k.startswith(prefix)):
+        rest = [k for k in all_keys if k.startswith(prefix) and k not in chosen]
+        if not rest:
             summary.append(_PART_NAMES[part])
+        elif len(rest) < len(in_part):
+            summary.append(f"{_PART_NAMES[part]} except {', '.join(_modules(rest))}")
         else:
-            summary.extend(sorted({".".join(k.split(".")[:2]) for k in in_part}))
+            summary.extend(_modules(in_part))
     return summary
+
+
+def _modules(keys: list[str]) -> list[str]:
+    return sorted({".".join(k.split(".")[:2]) for k in keys})
 
 
 def _keys(keys: list[str]) -> str:

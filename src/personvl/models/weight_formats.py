@@ -62,6 +62,9 @@ class WeightSource:
     unexpected: list[str] = field(default_factory=list)   # names the reader found no place for
     notes: list[str] = field(default_factory=list)
     covers: tuple[str, ...] | None = None     # model key prefixes it must fill; None: its parts
+    # Model key prefixes it holds but deliberately does not fill (a part of another design),
+    # with the reason: left as initialised and reported, never a silent partial load.
+    leaves: dict[str, str] = field(default_factory=dict)
 
     @property
     def parts(self) -> set[str]:
@@ -216,8 +219,30 @@ def _from_clip_names(path: Path, kind: str, state: dict[str, torch.Tensor], mode
     for key, value in state.items():
         renamed[f"text.{key}" if key.startswith(CLIP_TEXT_KEYS) else key] = value
     source = WeightSource(path, kind, renamed)
+    _fit_attention_pool(source, model)
     _fit_position_embeddings(source, model)
     return source
+
+
+def _fit_attention_pool(source: WeightSource, model: nn.Module) -> None:
+    """A CLIP ModifiedResNet file for a tower whose attention pool is another design (PLIP's:
+    8 heads to 768-d, CLIP RN50's: 32 heads to 1024-d). The pool's projections would fit or
+    not tensor by tensor, but their heads would not mean what they meant, so the pool is
+    taken whole or not at all: here the trunk loads and the pool stays as initialised, named
+    in the load report. CLIP's ResNets have width / 2 heads, width being twice the stem's
+    first convolution's channels."""
+    visual = getattr(model, "visual", None)
+    projection, stem = source.state.get("visual.attnpool.c_proj.weight"), source.state.get("visual.conv1.weight")
+    if not isinstance(visual, ModifiedResNetTower) or projection is None or stem is None:
+        return
+    theirs = (stem.shape[0], projection.shape[0])
+    ours = (visual.attnpool.num_heads, visual.attnpool.c_proj.out_features)
+    if theirs == ours:
+        return
+    for key in [k for k in source.state if k.startswith("visual.attnpool.")]:
+        del source.state[key]
+    source.leaves["visual.attnpool."] = (f"the file's attention pool ({theirs[0]} heads to {theirs[1]}-d) is not this "
+                                         f"model's ({ours[0]} heads to {ours[1]}-d): left as initialised")
 
 
 def _fit_position_embeddings(source: WeightSource, model: nn.Module) -> None:
@@ -250,6 +275,7 @@ def _backbone_state_dict(path: Path, state: dict[str, torch.Tensor], model: nn.M
         # An ImageNet backbone fills the trunk; the projection head is personvl's own.
         return WeightSource(path, "timm", renamed, optional_prefixes=prefixes, covers=("visual.trunk.",))
     source = WeightSource(path, "image-backbone", {f"visual.{key}": value for key, value in state.items()})
+    _fit_attention_pool(source, model)
     _fit_position_embeddings(source, model)
     return source
 

@@ -20,9 +20,11 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import BatchSampler
 
 from personvl.config import load_config
+from personvl.data.records import RecordTable
 from personvl.errors import PersonvlError, UsageError
 from personvl.methods.plip import PLIPConfig
 from personvl.methods.registry import METHODS, build_method
@@ -36,6 +38,7 @@ from personvl.training.trainer import TrainerConfig, build_trainer, start_run
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "summary.json"
+LOAD_REPORT_FILE = "load_report.json"
 SHARDS = "shards"
 
 
@@ -53,16 +56,33 @@ class DataConfig:
     batch_size: int = 0                # shards: images per batch (0: P x K)
     samples_per_epoch: int = 0         # shards: samples an epoch over all ranks (0: the split's size)
     shuffle_buffer: int = 1000         # shards: samples shuffled together as they stream in
+    options: dict[str, Any] = field(default_factory=dict)   # the reader's own (luperson: annotations=FILE)
+
+
+WEIGHT_PARTS = ("image", "text")
 
 
 @dataclass
 class ModelSpec:
-    """The encoder a run starts from, as ``personvl.models.open_model`` reads it."""
+    """The encoder a run starts from, as ``personvl.models.open_model`` reads it.
+
+    ``weights``: one source for the whole model, or one per tower, ``{image: ..., text: ...}``
+    (``model.weights.image=FILE model.weights.text=DIR`` on the command line); each a path or
+    a published name (``openai``, ``resnet50.tv_in1k``, ``bert-base-uncased``); a tower set to
+    null (``model.weights.image=null``) starts as initialised."""
 
     name: str = "tiny-plip-rn50"       # a registered architecture or a saved model folder
-    weights: str | None = None
-    tokenizer: str | None = None
+    weights: str | dict[str, str | None] | None = None
+    tokenizer: str | None = None       # default: the one beside the text weights, else the model's own
     options: dict[str, Any] = field(default_factory=dict)   # a registered architecture's options
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, dict):
+            unknown = sorted(set(self.weights) - set(WEIGHT_PARTS))
+            if unknown:
+                raise UsageError(f"unknown config key 'model.weights.{unknown[0]}' (a tower's weights: "
+                                 f"model.weights.image, model.weights.text)")
+            self.weights = {part: source for part, source in self.weights.items() if source is not None} or None
 
 
 @dataclass
@@ -116,7 +136,20 @@ def collate_pretraining(samples):
 
     batch = collate_samples(samples)
     batch.update(batch.pop("tokens", {}))
+    if "pid" in batch:
+        batch["pid"] = instance_identities(batch["pid"], batch["index"])
     return batch
+
+
+def instance_identities(pids: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Identity labels where an unknown one (-1: a streamed LUPerson image) becomes the
+    image's own, ``-1 - index``: unique over the split, so on every rank, and never a known
+    identity (those are >= 0). Identity-aware losses then take an unlabelled image's positives
+    to be its own captions only, instead of every unlabelled image in the batch."""
+    unknown = pids < 0
+    if not bool(unknown.any()):
+        return pids
+    return torch.where(unknown, -1 - indices.to(pids.dtype), pids)
 
 
 class PretrainData(pl.LightningDataModule):
@@ -201,7 +234,12 @@ def shard_split_size(config: DataConfig) -> int:
 
 
 def _training_split(config: DataConfig):
-    """(records or None for shards, image count, attribute names, attributes' positive ratios)."""
+    """(records or None for shards, image count, attribute names, attributes' positive ratios).
+
+    Records without identities (LUPerson) train instance-level: each image is its own identity
+    (labels 0..N-1 in the split's order), so P x K batches are P images (K must be 1: more
+    would repeat an image within a batch). A split where some records have an identity and
+    some do not is refused: which of its images show the same person cannot be told."""
     from personvl.data import load_dataset
 
     if config.dataset == SHARDS:
@@ -210,21 +248,64 @@ def _training_split(config: DataConfig):
         if config.in_memory:
             raise UsageError("data.in_memory holds a dataset split in memory; shards stream from disk, "
                              "set data.in_memory=false or read the split with its dataset format")
+        if config.options:
+            raise UsageError(f"data.options ({', '.join(sorted(config.options))}) are a dataset reader's; shards were "
+                             "written with them already: leave data.options empty")
 
         size = shard_split_size(config)
         if not size:
             raise PersonvlError(f"the shard folder {config.root} has no {config.split} samples")
         # Positive ratios would take a pass over every shard: the attribute loss weighs all alike.
         return None, size, read_manifest(config.root).get("attribute_names") or [], None
-    records = load_dataset(config.dataset, config.root, config.split, skip_missing=config.skip_missing)
+    records = load_dataset(config.dataset, config.root, config.split, skip_missing=config.skip_missing,
+                           **config.options)
     if not records:
         raise PersonvlError(f"{config.dataset} at {config.root} has no {config.split} records")
+    _label_instances(records, config)
     attribute_names = getattr(records, "attribute_names", None) or []
     ratio = None
     if attribute_names:
         labelled = [r.attributes for r in records if r.attributes is not None]
         ratio = torch.tensor(labelled, dtype=torch.float32).mean(dim=0).clamp(1e-3, 1 - 1e-3) if labelled else None
     return records, len(records), attribute_names, ratio
+
+
+def _label_instances(records, config: DataConfig) -> None:
+    if isinstance(getattr(records, "records", records), RecordTable):
+        return      # tables hold an identity on every record
+    unlabelled = [index for index, record in enumerate(records) if record.pid is None]
+    if not unlabelled:
+        return
+    if len(unlabelled) < len(records):
+        example = records[unlabelled[0]].image_path
+        raise PersonvlError(f"{config.dataset} at {config.root} ({config.split}): {len(unlabelled)} of {len(records)} records "
+                            f"have no identity (e.g. {example}) and the others have one; give every record an "
+                            "identity, or none (each image is then its own identity)")
+    if config.images_per_identity != 1:
+        raise UsageError(f"{config.dataset} at {config.root} has no identities: each image is its own, so "
+                         f"data.images_per_identity={config.images_per_identity} would repeat every image in its batch; "
+                         "set data.images_per_identity=1 (and the batch size as data.identities_per_batch)")
+    for index, record in enumerate(records):
+        record.pid = index
+
+
+def refuse_frozen_without_weights(encoder) -> None:
+    """A frozen parameter no weight source filled would stay random for the whole run."""
+    from personvl.models.checkpoints import frozen_without_weights
+    from personvl.models.registry import model_entry
+
+    frozen = frozen_without_weights(encoder)
+    if not frozen:
+        return
+    parts = sorted({"image" if name.startswith("visual.") else "text" for name in frozen})
+    modules = sorted({".".join(name.split(".")[:4]) for name in frozen})
+    shown = ", ".join(modules[:6]) + (f", ... ({len(modules)} modules)" if len(modules) > 6 else "")
+    keys = " and ".join(f"model.weights.{part}=..." for part in parts)
+    options = [name for name in model_entry(encoder.name).options if name.startswith("frozen_")]
+    unfreeze = (" or, to train from scratch, unfreeze them: " + " ".join(f"model.options.{o}=0" for o in options)
+                if options else "")
+    raise UsageError(f"{encoder.name} freezes {len(frozen)} parameters that no weights fill ({shown}): they would stay "
+                     f"at their random initialisation. Name the weights to start from ({keys}){unfreeze}")
 
 
 def with_learned_temperature(method: torch.nn.Module):
@@ -260,6 +341,13 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     encoder = open_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
                            **config.model.options).train()
+    refuse_frozen_without_weights(encoder)
+    if encoder.load_report is not None:
+        for line in encoder.load_report.summary_lines():
+            echo(f"weights: {line}")
+        if rank_zero_only.rank == 0:
+            (out / LOAD_REPORT_FILE).write_text(json.dumps(encoder.load_report.to_dict(), indent=1) + "\n",
+                                                encoding="utf-8")
     records, size, attribute_names, ratio = _training_split(config.data)
     preprocess = encoder.config.preprocess
     transform = build_transform(config.data.transform, train=True, height=preprocess.input_size[0], width=preprocess.input_size[1],
@@ -280,6 +368,8 @@ def pretrain(config: PretrainConfig | str | os.PathLike, overrides: Sequence[str
     summary: dict[str, Any] = {"method": config.method, "model": config.model.name, "steps": trainer.global_step,
                                "nonfinite_steps": task.nonfinite_total,
                                "seconds": round(time.perf_counter() - started, 2)}
+    if encoder.load_report is not None:
+        summary["initial_weights"] = encoder.load_report.sources
     if trainer.is_global_zero:
         save_model(with_learned_temperature(method).eval(), out / MODEL_DIR)
         summary["model_dir"] = str(out / MODEL_DIR)
