@@ -74,6 +74,45 @@ def test_pk_sampler_batches_hold_p_identities_with_k_images():
     assert list(sampler) != list(again)  # reshuffled per epoch
 
 
+def draw_by_definition(pids, identities: int, instances: int, seed: int, epoch: int = 0) -> list[list[int]]:
+    """The P x K draw as its docstring defines it, one identity list rebuilt per batch."""
+    rng = np.random.default_rng([seed, epoch])
+    by_identity: dict[int, list[int]] = {}
+    for index, pid in enumerate(pids):
+        by_identity.setdefault(int(pid), []).append(index)
+    chunks = []
+    for _, indices in sorted(by_identity.items()):
+        indices = np.asarray(indices)
+        drawn = rng.choice(indices, size=instances, replace=True) if len(indices) < instances else rng.permutation(indices)
+        chunks.append([drawn[i:i + instances] for i in range(0, len(drawn) - len(drawn) % instances, instances)])
+    batches, available = [], [i for i, c in enumerate(chunks) if c]
+    while len(available) >= identities:
+        chosen = rng.choice(len(available), size=identities, replace=False)
+        batches.append(np.concatenate([chunks[available[c]].pop() for c in chosen]).tolist())
+        available = [i for i in available if chunks[i]]
+    return batches
+
+
+@pytest.mark.parametrize("counts, identities, instances", [
+    ([5, 4, 1, 8, 3, 6, 2, 4] * 5, 4, 2),     # uneven identities, some drawn with replacement
+    ([1] * 300, 16, 1),                        # instance-level: every batch empties P identities
+    ([3, 9, 2, 7] * 20, 5, 3),
+])
+def test_pk_sampler_draws_exactly_the_defined_batches(counts, identities, instances):
+    pids = pids_with_counts(counts)
+    for epoch in (0, 3):
+        sampler = IdentitySampler(pids, identities, instances, seed=7)
+        sampler.set_epoch(epoch)
+        assert [b.tolist() for b in sampler.batches()] == draw_by_definition(pids, identities, instances, 7, epoch)
+
+
+def test_pk_sampler_draws_two_hundred_thousand_single_image_identities():
+    sampler = IdentitySampler(np.arange(200_000), identities=512, instances=1, seed=0)
+    batches = sampler.batches()
+    assert len(batches) == 200_000 // 512
+    assert len(np.unique(np.concatenate(batches))) == 512 * len(batches)   # every image at most once
+
+
 def test_pk_sampler_splits_ranks_disjointly_with_equal_lengths():
     pids = pids_with_counts([6] * 10 + [3] * 7)
     whole = IdentitySampler(pids, 3, 2, seed=4, rank=0, world_size=1).batches()

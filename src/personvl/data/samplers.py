@@ -65,11 +65,18 @@ class IdentitySampler(Sampler[int]):
             usable = len(drawn) - len(drawn) % K
             chunks.append([drawn[i:i + K] for i in range(0, usable, K)])
         batches = []
-        available = [i for i, c in enumerate(chunks) if c]
+        # Identities with groups left, in identity order, as an array from which the emptied
+        # ones are deleted by position: instance-level data (a million identities of one image
+        # each) empties P identities every batch, and rebuilding the list per batch made the
+        # draw quadratic in the identity count.
+        remaining = np.array([len(c) for c in chunks])
+        available = np.flatnonzero(remaining)
         while len(available) >= self.identities:
-            chosen = rng.choice(len(available), size=self.identities, replace=False)
-            batches.append(np.concatenate([chunks[available[c]].pop() for c in chosen]))
-            available = [i for i in available if chunks[i]]
+            positions = rng.choice(len(available), size=self.identities, replace=False)
+            chosen = available[positions]
+            batches.append(np.concatenate([chunks[i].pop() for i in chosen]))
+            remaining[chosen] -= 1
+            available = np.delete(available, positions[remaining[chosen] == 0])
         per_rank = len(batches) // self.world_size
         return batches[self.rank::self.world_size][:per_rank]
 
