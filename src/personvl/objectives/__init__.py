@@ -5,7 +5,7 @@ from personvl.objectives.classification import attribute_bce_loss, batch_hard_tr
 from personvl.objectives.colorization import colorization_loss, to_grayscale
 from personvl.objectives.contrastive import cmpm_loss, identity_match_matrix, infonce_loss, sdm_loss
 from personvl.objectives.masking import (
-    masked_token_loss, masking_ratio_schedule, random_token_mask, select_attribute_words, whole_word_mask,
+    masked_token_loss, masking_ratio_schedule, random_token_mask, whole_word_mask,
 )
 from personvl.objectives.momentum import FeatureQueue, momentum_contrast_loss, momentum_update
 
@@ -13,5 +13,5 @@ __all__ = [
     "FeatureQueue", "attribute_bce_loss", "batch_hard_triplet_loss", "cmpm_loss", "colorization_loss",
     "id_loss", "identity_match_matrix", "infonce_loss", "masked_token_loss", "masking_ratio_schedule",
     "momentum_contrast_loss", "momentum_update", "positive_ratio_weights", "random_token_mask", "sdm_loss",
-    "select_attribute_words", "to_grayscale", "whole_word_mask",
+    "to_grayscale", "whole_word_mask",
 ]
