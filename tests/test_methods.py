@@ -122,6 +122,7 @@ def test_attribute_matcher_finds_phrases_in_other_words():
     assert spans("she carries a grey rucksack and wears a white t-shirt with leggings") == [
         "grey rucksack", "white t - shirt", "leggings"]
     assert spans("his shoes are black.") == ["shoes", "black"]
+    assert spans("a black one-piece dress") == ["black one - piece dress"]
     # a phrase is not matched across a conjunction or another item
     assert spans("black hair and a blue shirt", ("black shirt",)) == ["black hair", "blue shirt"]
     assert spans("a black hat and shirt", ("black shirt",)) == ["black hat", "shirt"]

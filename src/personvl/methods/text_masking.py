@@ -84,9 +84,11 @@ class AttributeMatcher:
     vocabulary lists for it ("black tee" for "black t-shirt"); up to ``MAX_PHRASE_GAP`` other
     words may stand inside ("black short-sleeved shirt"), but no punctuation, conjunction or
     other item. A caption that says none of its record's phrases, or a record without phrases,
-    falls back to the vocabulary: each run of property words (colours, lengths, materials, ...)
-    ending in the item they describe ("long black hair", "red shoulder bag"), and each run of
-    property words that describes no item ("his shoes are black").
+    falls back to the vocabulary: each run of property words (colours, lengths, materials, ...,
+    and any hyphenated compound such as "one-piece") ending in the item they describe ("long
+    black hair", "red shoulder bag"), and each run of property words that describes no item
+    ("his shoes are black"). Words the vocabulary does not know are not masked: a vocabulary of
+    one's own (``from_vocabulary(load_vocabulary(path))``) widens the matcher.
 
     Built once from a vocabulary (``from_vocabulary``); the spans of a caption are cached, so
     a caption seen again costs a lookup.
@@ -128,7 +130,8 @@ class AttributeMatcher:
         return cls(sorted(items), sorted(properties), synonyms)
 
     def _is_property(self, term: str) -> bool:
-        return term in self.properties or ("-" in term and any(p in self.properties for p in term.split("-")))
+        # A hyphenated compound that is not an item describes one ("one-piece", "short-sleeved").
+        return term in self.properties or "-" in term
 
     def spans(self, words: Sequence[str], phrases: Sequence[str] = ()) -> tuple[Span, ...]:
         """The spans (word indices into ``words``) of the caption's attribute phrases, in
