@@ -7,9 +7,10 @@ where unknown), ``index``, ``caption`` (one of the record's captions, drawn per 
 seed, so every epoch sees another description of the same image), ``tokens`` (the caption
 through the optional ``tokenizer``, which runs in the loader workers), ``attribute_phrases``
 (the record's, a tuple of strings, possibly empty; a batch holds one tuple per sample) and
-``attributes`` (a float vector, where the record has one). An image that cannot be decoded (corrupt, truncated) is skipped:
-the dataset yields None, ``collate_samples`` drops it and reports the number in the batch's
-``skipped`` entry, and a warning names the file; training goes on.
+``attributes`` (a float vector, where the record has one). An image that cannot be decoded
+(corrupt, truncated) is skipped: the dataset yields None, ``collate_samples`` drops it and
+reports the number in the batch's ``skipped`` entry, and a warning names the file; training
+goes on.
 """
 
 from __future__ import annotations

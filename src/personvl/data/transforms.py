@@ -10,7 +10,7 @@
   (brightness, contrast, saturation 0.4, hue 0.1) with probability 0.8, greyscale 0.2, Gaussian
   blur (sigma 0.1-2 at 256 pixels high) 0.5 and a horizontal flip. MoCo's crop keeps 20-100% of
   a square photo at any aspect ratio from 3:4 to 4:3; a 20% crop of a 256x128 person is often a
-  fragment of the torso or background only, so the crop keeps 40-100% of the person, at aspect
+  fragment of the torso or background only, so the crop keeps 40-100% of the image, at aspect
   ratios from 3:4 to 4:3 of the person's own 1:2, and resizes back to 256x128.
 
 Evaluation (``train=False``) only resizes and normalises. ``ToNormalizedTensor`` replaces
@@ -132,7 +132,7 @@ def build_transform(recipe: str | TransformRecipe = "plip", train: bool = True, 
         if spec.grayscale > 0:
             steps.append(T.RandomGrayscale(spec.grayscale))
         if spec.blur > 0:
-            # A kernel of about a tenth of the height (SimCLR's), odd, covering the largest sigma.
+            # A kernel of about a tenth of the height (SimCLR's), odd; its radius exceeds 3 sigma.
             kernel = max(3, int(spec.height * 0.1) // 2 * 2 + 1)
             steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=spec.blur_sigma)], p=spec.blur))
         if spec.flip > 0:
