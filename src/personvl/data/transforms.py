@@ -125,7 +125,8 @@ def build_transform(recipe: str | TransformRecipe = "plip", train: bool = True, 
         if spec.crop_scale is not None:
             # torchvision's ratio is the crop's width / height in the source: relative to the output's.
             aspect = spec.width / spec.height
-            steps.append(T.RandomResizedCrop(size, scale=spec.crop_scale, ratio=tuple(r * aspect for r in spec.crop_ratio),
+            ratio = tuple(r * aspect for r in spec.crop_ratio)
+            steps.append(T.RandomResizedCrop(size, scale=spec.crop_scale, ratio=ratio,
                                              interpolation=T.InterpolationMode.BICUBIC))
         if spec.colour_jitter > 0:
             steps.append(T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=spec.colour_jitter))

@@ -28,7 +28,8 @@ def contrast_identities(pids: torch.Tensor) -> torch.Tensor:
     unknown = pids < 0
     if not unknown.any():
         return pids
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
     positions = torch.arange(len(pids), device=pids.device) + rank * len(pids)
     # Below every real pid and every pid code in use (UNLABELLED_PID is -2).
     return torch.where(unknown, -1_000_000 - positions, pids)
