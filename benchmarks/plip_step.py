@@ -50,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from personvl.methods.plip import PLIPConfig, PLIPMethod
-    from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
+    from personvl.methods.text_masking import wordpiece_words
     from personvl.models import TokenBatch, create_model
     from personvl.objectives import masked_token_loss, whole_word_mask
     from personvl.objectives.masking import IGNORE_INDEX
@@ -69,7 +69,7 @@ def main() -> None:
     word_ids, words = wordpiece_words(hf, batch["input_ids"])
     masked_ids, labels = whole_word_mask(batch["input_ids"], word_ids, 0.5, hf.mask_token_id,
                                          torch.Generator().manual_seed(0),
-                                         candidate_words=[attribute_word_indices(w) for w in words])
+                                         candidate_words=[method.attribute_matcher.spans(w) for w in words])
     with torch.no_grad():
         states = encoder.text_features(TokenBatch(masked_ids, batch["attention_mask"])).tokens
         image = encoder.image_features(batch["image"])

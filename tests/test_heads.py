@@ -27,3 +27,22 @@ def test_masked_token_predictor_attends_to_the_image():
     assert not torch.allclose(logits, head(states, torch.randn(3, 24), last_map))
     plain = MaskedTokenPredictor(text_dim=16, vocab_size=50)
     assert plain(states).shape == (3, 7, 50)
+
+
+def test_masked_token_predictor_attends_over_every_token_of_the_map():
+    torch.manual_seed(0)
+    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4).eval()
+    states, image = torch.randn(2, 5, 16), torch.randn(2, 24)
+    last_map = torch.randn(2, 10, 3, 2)
+    base = head(states, image, last_map)
+    for row in range(3):
+        for column in range(2):       # each of the six tokens on its own changes the prediction
+            changed = last_map.clone()
+            changed[:, :, row, column] += 3.0
+            assert not torch.allclose(head(states, image, changed), base, atol=1e-4)
+    # Two maps with the same mean token but other tokens: a head that pooled the map would not
+    # tell them apart.
+    swapped = last_map.clone()
+    swapped[:, 0, 0, 0], swapped[:, 0, 2, 1] = last_map[:, 0, 2, 1], last_map[:, 0, 0, 0]
+    assert torch.allclose(swapped.mean(dim=(2, 3)), last_map.mean(dim=(2, 3)))
+    assert not torch.allclose(head(states, image, swapped), base, atol=1e-4)

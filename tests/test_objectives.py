@@ -7,7 +7,7 @@ from torch import nn
 from personvl.objectives import (
     FeatureQueue, attribute_bce_loss, batch_hard_triplet_loss, cmpm_loss, colorization_loss, id_loss, infonce_loss,
     masked_token_loss, masking_ratio_schedule, momentum_contrast_loss, momentum_update, positive_ratio_weights,
-    random_token_mask, sdm_loss, select_attribute_words, to_grayscale, whole_word_mask,
+    random_token_mask, sdm_loss, to_grayscale, whole_word_mask,
 )
 from personvl.objectives.masking import IGNORE_INDEX
 
@@ -19,6 +19,36 @@ def _kl_row(logits, target):
     z = sum(math.exp(v) for v in logits)
     p = [math.exp(v) / z for v in logits]
     return sum(pi * (math.log(pi) - math.log(ti + EPS)) for pi, ti in zip(p, target))
+
+
+def _dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _unit(a):
+    norm = math.sqrt(_dot(a, a))
+    return [x / norm for x in a]
+
+
+def _log_softmax(row):
+    z = math.log(sum(math.exp(v) for v in row))
+    return [v - z for v in row]
+
+
+def _targets(pids):
+    """Row i: 1/n_i on the n_i samples sharing i's identity, 0 elsewhere."""
+    return [[(p == q) / sum(p == r for r in pids) for q in pids] for p in pids]
+
+
+def _transpose(matrix):
+    return [list(column) for column in zip(*matrix)]
+
+
+# Distinct embeddings with unequal norms (within and across the two sides), not orthogonal, and
+# identities that repeat: identity 7 has three samples, identity 2 two, identity 5 one.
+IMAGES = [[1.0, 0.2, 0.0], [0.3, 2.0, 0.5], [0.0, 0.4, 3.0], [1.5, -0.5, 0.2], [-0.2, 0.8, 0.9], [0.6, 0.6, -1.2]]
+TEXTS = [[2.0, 0.1, 0.3], [0.2, 0.9, -0.4], [0.5, 0.1, 1.0], [0.7, -1.4, 0.0], [0.1, 2.5, 0.6], [1.0, 0.3, -0.5]]
+PIDS = [7, 2, 7, 5, 2, 7]
 
 
 def test_cmpm_projects_onto_the_normalised_other_side_without_temperature():
@@ -53,6 +83,46 @@ def test_infonce_hand_values_and_identity_variant():
     assert same.item() == pytest.approx(math.log(2), rel=1e-6)  # target (1/2, 1/2), prediction (1/2, 1/2)
 
 
+def test_cmpm_hand_value_with_unequal_norms_and_repeated_identities():
+    # p_ij = softmax_j(v_i . t_j / |t_j|): the projected side keeps its norm, the other is unit.
+    image_to_text = [[_dot(v, _unit(t)) for t in TEXTS] for v in IMAGES]
+    text_to_image = [[_dot(t, _unit(v)) for v in IMAGES] for t in TEXTS]
+    targets = _targets(PIDS)
+    expected = (sum(_kl_row(row, q) for row, q in zip(image_to_text, targets)) / len(PIDS)
+                + sum(_kl_row(row, q) for row, q in zip(text_to_image, targets)) / len(PIDS))
+    loss = cmpm_loss(torch.tensor(IMAGES), torch.tensor(TEXTS), torch.tensor(PIDS))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_identity_aware_infonce_hand_value_with_several_positives():
+    scale = 3.0
+    logits = [[scale * _dot(_unit(v), _unit(t)) for t in TEXTS] for v in IMAGES]
+    targets = _targets(PIDS)
+
+    def cross_entropy(rows):
+        return -sum(_dot(q, _log_softmax(row)) for row, q in zip(rows, targets)) / len(PIDS)
+
+    expected = (cross_entropy(logits) + cross_entropy(_transpose(logits))) / 2
+    loss = infonce_loss(torch.tensor(IMAGES), torch.tensor(TEXTS), torch.tensor(scale), torch.tensor(PIDS))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # Without identities only the diagonal is positive: another value on these inputs.
+    diagonal = [[float(i == j) for j in range(len(PIDS))] for i in range(len(PIDS))]
+    plain = -sum(_dot(q, _log_softmax(row)) for row, q in zip(logits, diagonal)) / len(PIDS)
+    plain += -sum(_dot(q, _log_softmax(row)) for row, q in zip(_transpose(logits), diagonal)) / len(PIDS)
+    assert infonce_loss(torch.tensor(IMAGES), torch.tensor(TEXTS), scale).item() == pytest.approx(plain / 2, rel=1e-5)
+    assert abs(expected - plain / 2) > 0.1
+
+
+def test_sdm_hand_value_with_repeated_identities():
+    scale = 4.0
+    cosine = [[_dot(_unit(v), _unit(t)) for t in TEXTS] for v in IMAGES]
+    targets = _targets(PIDS)
+    expected = (sum(_kl_row([scale * c for c in row], q) for row, q in zip(cosine, targets))
+                + sum(_kl_row([scale * c for c in row], q) for row, q in zip(_transpose(cosine), targets))) / len(PIDS)
+    loss = sdm_loss(torch.tensor(IMAGES), torch.tensor(TEXTS), torch.tensor(PIDS), logit_scale=scale)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_sdm_is_kl_of_scaled_cosine_softmax_both_ways():
     images = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     texts = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
@@ -72,6 +142,29 @@ def test_batch_hard_triplet_on_a_line():
     assert batch_hard_triplet_loss(points, pids, margin=0.5).item() == pytest.approx(2.5 / 4, rel=1e-5)
     lonely = batch_hard_triplet_loss(points[:2], torch.tensor([0, 1]))
     assert lonely.item() == 0.0
+
+
+def test_batch_hard_triplet_takes_the_farthest_of_several_positives():
+    points = [[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [2.0, 2.0], [4.0, 0.5], [3.0, 3.0]]
+    pids = [1, 1, 1, 2, 2, 3]
+    margin = 0.7
+
+    def distance(a, b):
+        return math.dist(points[a], points[b])
+
+    terms = []
+    for a in range(len(points)):
+        positives = [distance(a, p) for p in range(len(points)) if p != a and pids[p] == pids[a]]
+        negatives = [distance(a, n) for n in range(len(points)) if pids[n] != pids[a]]
+        if positives and negatives:
+            terms.append(max(0.0, max(positives) - min(negatives) + margin))
+    expected = sum(terms) / len(terms)    # anchor 5 has no positive and is left out
+    loss = batch_hard_triplet_loss(torch.tensor(points), torch.tensor(pids), margin=margin)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # The easiest positive would give another value here: anchors 0-2 have two positives each.
+    easiest = [max(0.0, min(distance(a, p) for p in range(3) if p != a)
+                   - min(distance(a, n) for n in range(3, 6)) + margin) for a in range(3)]
+    assert sum(easiest) != pytest.approx(sum(terms[:3]), abs=0.1)
 
 
 def test_id_loss_with_label_smoothing():
@@ -129,6 +222,47 @@ def test_whole_word_masking_masks_every_piece_of_a_chosen_word():
     assert (labels != IGNORE_INDEX).nonzero()[:, 1].tolist() == [3]
 
 
+def test_whole_word_masking_masks_phrases_together():
+    ids = torch.tensor([[101, 20, 21, 22, 23, 24, 25, 102]])
+    word_ids = [[None, 0, 1, 1, 2, 3, 4, None]]          # word 1 has two pieces
+    phrases = [[(0, 1), (3, 4)]]                           # two phrases of two words each
+    seen = set()
+    for seed in range(20):
+        masked, labels = whole_word_mask(ids, word_ids, 0.2, 103, torch.Generator().manual_seed(seed),
+                                         candidate_words=phrases)
+        positions = tuple((labels != IGNORE_INDEX).nonzero()[:, 1].tolist())
+        assert positions in ((1, 2, 3), (5, 6))        # one phrase, every piece of every word of it
+        assert (masked[0, list(positions)] == 103).all() and labels[0, list(positions)].equal(ids[0, list(positions)])
+        seen.add(positions)
+    assert len(seen) == 2
+    _, labels = whole_word_mask(ids, word_ids, 0.8, 103, candidate_words=phrases)
+    assert (labels != IGNORE_INDEX).nonzero()[:, 1].tolist() == [1, 2, 3, 5, 6]
+
+
+def test_whole_word_masking_follows_berts_80_10_10_split_per_word():
+    rows, words = 200, 30
+    ids = torch.arange(1000, 1000 + rows * 2 * words).reshape(rows, 2 * words)
+    word_ids = [[t // 2 for t in range(2 * words)] for _ in range(rows)]   # two pieces a word
+    replacements = torch.tensor([7, 8, 9])
+    masked, labels = whole_word_mask(ids, word_ids, 0.5, 103, torch.Generator().manual_seed(0),
+                                     replacement_ids=replacements)
+    chosen = labels != IGNORE_INDEX
+    assert chosen.sum().item() == rows * 2 * 15                       # half of the words, both pieces
+    assert chosen[:, 0::2].equal(chosen[:, 1::2])
+    pieces = masked.reshape(rows, words, 2)
+    word_chosen = chosen[:, 0::2]
+    as_mask = (pieces == 103).all(-1) & word_chosen
+    as_replacement = torch.isin(pieces, replacements).all(-1) & word_chosen
+    kept = (pieces == ids.reshape(rows, words, 2)).all(-1) & word_chosen
+    assert (as_mask | as_replacement | kept).equal(word_chosen)         # a word is treated as one
+    shares = [part.sum().item() / word_chosen.sum().item() for part in (as_mask, as_replacement, kept)]
+    assert shares == pytest.approx([0.8, 0.1, 0.1], abs=0.025)        # 3,000 chosen words
+    assert masked[~chosen].equal(ids[~chosen])
+    plain, plain_labels = whole_word_mask(ids, word_ids, 0.5, 103, torch.Generator().manual_seed(0))
+    plain_chosen = plain_labels != IGNORE_INDEX
+    assert (plain[plain_chosen] == 103).all() and plain_chosen.sum() == chosen.sum()   # without replacements: [MASK]
+
+
 def test_random_token_masking_follows_berts_80_10_10_split_on_maskable_tokens_only():
     ids = torch.arange(1000, 1000 + 40 * 50).reshape(40, 50)
     maskable = torch.ones_like(ids, dtype=torch.bool)
@@ -148,12 +282,6 @@ def test_random_token_masking_follows_berts_80_10_10_split_on_maskable_tokens_on
     assert (masked[~chosen] == ids[~chosen]).all()
     again, _ = random_token_mask(ids, maskable, 0.5, 103, replacements, torch.Generator().manual_seed(0))
     assert again.equal(masked)
-
-
-def test_attribute_words_from_phrases_or_matcher():
-    words = "A woman in a red coat and black jeans.".split()
-    assert select_attribute_words(words) == [4, 5, 7, 8]
-    assert select_attribute_words(words, phrases=["red coat"]) == [4, 5]
 
 
 def test_masked_token_loss_ignores_unmasked_positions():
@@ -185,3 +313,18 @@ def test_momentum_contrast_loss_hand_value():
     k = torch.tensor([[1.0, 0.0]])
     queue = torch.tensor([[0.0, 1.0]])
     assert momentum_contrast_loss(q, k, queue, temperature=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+
+
+def test_momentum_contrast_loss_divides_by_the_temperature():
+    queries = [[2.0, 0.0], [0.6, 0.8]]
+    keys = [[1.0, 1.0], [0.0, 3.0]]                     # normalised inside
+    queue = [[0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]]
+    temperature = 0.2
+    expected = 0.0
+    for q, k in zip(queries, keys):
+        q, k = _unit(q), _unit(k)
+        logits = [_dot(q, k) / temperature] + [_dot(q, n) / temperature for n in queue]
+        expected -= _log_softmax(logits)[0]
+    expected /= len(queries)
+    loss = momentum_contrast_loss(torch.tensor(queries), torch.tensor(keys), torch.tensor(queue), temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -9,7 +9,7 @@ import torch
 from personvl.cli import main
 from personvl.errors import PersonvlError, UsageError
 from personvl.methods.plip import PLIPConfig, PLIPMethod
-from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
+from personvl.methods.text_masking import AttributeMatcher, wordpiece_words
 from personvl.models import create_model, load_model
 from personvl.objectives.masking import IGNORE_INDEX
 from personvl.training.pretrain import load_pretrain_config, pretrain
@@ -87,7 +87,7 @@ def test_iap_scores_the_masked_positions_exactly_as_the_head_over_every_position
         generator = torch.Generator().manual_seed(3 * 1_000_003 + 5)
         masked_ids, labels = whole_word_mask(batch["input_ids"], word_ids, masking_ratio_schedule(0.7, 0.2, 0.8),
                                              hf.mask_token_id, generator,
-                                             candidate_words=[attribute_word_indices(w) for w in words])
+                                             candidate_words=[method.attribute_matcher.spans(w) for w in words])
         image = encoder.image_features(batch["image"])
         states = encoder.text.forward_tokens(masked_ids, batch["attention_mask"])[0]
         logits = method.iap_head(states, image.embedding, image.maps[-1])
@@ -134,7 +134,7 @@ def test_wordpiece_words_and_attribute_words():
     word_ids, words = wordpiece_words(hf, ids)
     assert words[0] == ["a", "woman", "in", "a", "red", "overcoat"]
     assert word_ids[0][0] is None and word_ids[0][-1] is None     # [CLS] ... padding
-    assert attribute_word_indices(words[0]) == [4, 5]
+    assert AttributeMatcher.from_vocabulary().spans(words[0]) == ((4, 5),)    # one phrase, masked together
 
 
 def test_recipes_parse_and_unknown_keys_are_refused():

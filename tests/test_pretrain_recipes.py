@@ -19,7 +19,7 @@ from personvl.errors import PersonvlError, UsageError
 from personvl.models.text import BERT_BASE
 from personvl.models.tokenization import tiny_vocab_path
 from personvl.training.pretrain import (
-    LOAD_REPORT_FILE, DataConfig, _training_split, collate_pretraining, instance_identities, pretrain,
+    LOAD_REPORT_FILE, DataConfig, _training_split, pretrain,
 )
 from test_models_hub import fill_hub_cache
 
@@ -199,16 +199,6 @@ def test_a_split_with_some_identities_missing_is_refused(tmp_path, luperson):
     with pytest.raises(PersonvlError, match=r"\(all\): 1 of 3 records have no identity .*0000_000.jpg.* give every record an "
                                             "identity, or none"):
         _training_split(DataConfig(dataset="jsonl", root=str(tmp_path), split="all", images_per_identity=1))
-
-
-def test_streamed_images_without_identity_are_their_own_in_a_batch():
-    pids, indices = torch.tensor([-1, 3, -1, 0]), torch.tensor([10, 11, 12, 13])
-    assert instance_identities(pids, indices).tolist() == [-11, 3, -13, 0]
-    known = torch.tensor([4, 4, 9])
-    assert instance_identities(known, torch.tensor([0, 1, 2])) is known
-    samples = [{"image": torch.zeros(1), "pid": -1, "camid": -1, "index": i, "caption": "",
-                "tokens": {"input_ids": torch.zeros(2, dtype=torch.long)}} for i in (5, 6)]
-    assert collate_pretraining(samples)["pid"].tolist() == [-6, -7]
 
 
 def test_shards_take_no_reader_options(tmp_path):

@@ -1,13 +1,16 @@
 """Torch datasets that turn PersonRecords into training samples, from image files
 (``PersonImageDataset``) or from webdataset shards (``ShardImageDataset``).
 
-A sample is a dict: ``image`` (the transformed image), ``pid`` and ``camid`` (-1 where
-unknown), ``index``, ``caption`` (one of the record's captions, drawn per epoch from a seed, so
-every epoch sees another description of the same image), ``tokens`` (the caption through the
-optional ``tokenizer``, which runs in the loader workers) and ``attributes`` (a float vector,
-where the record has one). An image that cannot be decoded (corrupt, truncated) is skipped:
-the dataset yields None, ``collate_samples`` drops it and reports the number in the batch's
-``skipped`` entry, and a warning names the file; training goes on.
+A sample is a dict: ``image`` (the transformed image), ``second_view`` (a second augmented view
+of it, where the transform gives two: ``build_transform("moco")``), ``pid`` and ``camid`` (-1
+where unknown), ``index``, ``caption`` (one of the record's captions, drawn per epoch from a
+seed, so every epoch sees another description of the same image), ``tokens`` (the caption
+through the optional ``tokenizer``, which runs in the loader workers), ``attribute_phrases``
+(the record's, a tuple of strings, possibly empty; a batch holds one tuple per sample) and
+``attributes`` (a float vector, where the record has one). An image that cannot be decoded
+(corrupt, truncated) is skipped: the dataset yields None, ``collate_samples`` drops it and
+reports the number in the batch's ``skipped`` entry, and a warning names the file; training
+goes on.
 """
 
 from __future__ import annotations
@@ -65,13 +68,17 @@ class SampleBuilder:
             # it alone skips torch.manual_seed's deferred seeding of every accelerator backend,
             # which records a stack trace per call and cost more than the transform itself.
             torch.default_generator.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF)
+        view = self.transform(image) if self.transform is not None else image
         sample: dict[str, Any] = {
-            "image": self.transform(image) if self.transform is not None else image,
+            "image": view,
             "pid": -1 if record.pid is None else record.pid,
             "camid": -1 if record.camid is None else record.camid,
             "index": index,
             "caption": caption,
+            "attribute_phrases": tuple(record.attribute_phrases),
         }
+        if isinstance(view, tuple):     # two augmented views of the image
+            sample["image"], sample["second_view"] = view
         if self.tokenizer is not None:
             sample["tokens"] = self.tokenizer(caption)
         if record.attributes is not None:
@@ -218,9 +225,18 @@ class ShardImageDataset(IterableDataset):
             yield self.build(sample.record, image, sample.index, epoch)
 
 
+# Entries of a sample that stay one per sample in a batch: their lengths differ.
+PER_SAMPLE_KEYS = ("attribute_phrases",)
+
+
 def collate_samples(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """``default_collate`` of the readable samples, plus ``skipped``: how many were not."""
+    """``default_collate`` of the readable samples (``attribute_phrases`` as a list, one tuple
+    per sample), plus ``skipped``: how many were not readable."""
     kept = [s for s in samples if s is not None]
-    batch: dict[str, Any] = default_collate(kept) if kept else {}
+    batch: dict[str, Any] = {}
+    if kept:
+        lists = {key: [s[key] for s in kept] for key in PER_SAMPLE_KEYS if key in kept[0]}
+        batch = default_collate([{k: v for k, v in s.items() if k not in lists} for s in kept])
+        batch.update(lists)
     batch["skipped"] = len(samples) - len(kept)
     return batch

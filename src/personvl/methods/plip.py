@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from personvl.errors import UsageError
-from personvl.methods.base import attention_heads, text_and_other_groups
-from personvl.methods.text_masking import attribute_word_indices, wordpiece_words
+from personvl.methods.base import attention_heads, contrast_identities, text_and_other_groups
+from personvl.methods.text_masking import AttributeMatcher, wordpiece_words
 from personvl.models import PersonEncoder, TokenBatch
 from personvl.models.heads import ColorizationDecoder, MaskedTokenPredictor
 from personvl.objectives import (
@@ -33,6 +33,10 @@ class PLIPConfig:
     iap_weight: float = 0.1
     mask_ratio_start: float = 0.2
     mask_ratio_end: float = 0.8
+    # The captioning vocabulary (a YAML file; null: personvl's) whose item and property words
+    # find the attribute phrases of captions whose record lists none, and whose synonyms match
+    # a record's phrases in other words.
+    iap_vocabulary: str | None = None
     decoder_width: int = 1024          # channels of the fused colorization map
     # Colorize only the first N images of each batch (None: all of them, as the paper does).
     # TIC runs the image tower a second time, on the grey images; on a CPU a quarter of the
@@ -71,10 +75,15 @@ class PLIPMethod(nn.Module):
         self.iap_head = MaskedTokenPredictor(text_dim=encoder.text.width, vocab_size=tokenizer.vocab_size,
                                              image_dim=encoder.embed_dim, map_channels=channels[-1],
                                              heads=attention_heads(encoder.text.width))
+        self.attribute_matcher = None
+        if config.iap_weight:
+            from personvl.captioning.vocabulary import load_vocabulary
+
+            self.attribute_matcher = AttributeMatcher.from_vocabulary(load_vocabulary(config.iap_vocabulary))
 
     def forward(self, batch: dict, progress: float, step: int = 0) -> dict[str, torch.Tensor]:
         cfg = self.config
-        images, pids = batch["image"], batch["pid"]
+        images, pids = batch["image"], contrast_identities(batch["pid"])
         tokens = TokenBatch(batch["input_ids"], batch["attention_mask"])
         image = self.encoder.image_features(images)
         text = self.encoder.text_features(tokens)
@@ -100,10 +109,11 @@ class PLIPMethod(nn.Module):
             input_ids, attention_mask = tokens.input_ids[used], tokens.attention_mask[used]
             image_embedding, image_map = image.embedding[used], image.maps[-1][used]
             word_ids, words = wordpiece_words(hf, input_ids)
-            candidates = [attribute_word_indices(w) for w in words]
+            phrases = batch.get("attribute_phrases") or [()] * len(images)
+            spans = [self.attribute_matcher.spans(w, p) for w, p in zip(words, phrases[used])]
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             masked_ids, labels = whole_word_mask(input_ids.cpu(), word_ids, ratio, hf.mask_token_id,
-                                                 generator, candidate_words=candidates)
+                                                 generator, candidate_words=spans)
             masked = self.encoder.text_features(TokenBatch(masked_ids.to(images.device), attention_mask))
             labels = labels.to(images.device)
             # The head predicts each position from its own state and its image alone, so only the

@@ -1,5 +1,12 @@
 """VAL-PAT: self-supervised contrast between two augmented views (momentum encoder + queue),
-image-text contrast, and multi-attribute classification."""
+image-text contrast, and multi-attribute classification.
+
+The two views come from the data loader (``data.transform: moco``, MoCo v2's augmentations
+sized for person crops: ``personvl.data.transforms``): the batch's ``image`` and
+``second_view``. The self-supervised loss is symmetric, each view's query against the other
+view's momentum key (the mean of the two directions), and the keys of both views enter the
+queue. The image-text contrast is identity-aware: another image of the same person is not a
+negative of a caption."""
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from personvl.methods.base import text_and_other_groups
+from personvl.errors import UsageError
+from personvl.methods.base import contrast_identities, text_and_other_groups
 from personvl.models import PersonEncoder
 from personvl.objectives import (
     FeatureQueue, attribute_bce_loss, infonce_loss, momentum_contrast_loss, momentum_update,
@@ -27,28 +35,6 @@ class VALPATConfig:
     ssl_temperature: float = 0.2
     positive_ratio_weighting: bool = True
     text_lr_scale: float = 1.0
-
-
-def augment_views(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A second view on tensors: random horizontal flip, random crop-and-resize (scale 0.6-1),
-    and brightness/contrast jitter, drawn per image from ``generator``."""
-    batch, _, height, width = images.shape
-    out = torch.empty_like(images)
-    for i in range(batch):
-        image = images[i]
-        if torch.rand((), generator=generator) < 0.5:
-            image = image.flip(-1)
-        scale = 0.6 + 0.4 * torch.rand((), generator=generator).item()
-        h, w = max(1, int(height * scale)), max(1, int(width * scale))
-        top = int(torch.randint(0, height - h + 1, (), generator=generator))
-        left = int(torch.randint(0, width - w + 1, (), generator=generator))
-        crop = image[:, top:top + h, left:left + w].unsqueeze(0)
-        image = nn.functional.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
-        brightness = 0.8 + 0.4 * torch.rand((), generator=generator).item()
-        contrast = 0.8 + 0.4 * torch.rand((), generator=generator).item()
-        mean = image.mean()
-        out[i] = (image - mean) * contrast + mean * brightness
-    return out
 
 
 class VALPATMethod(nn.Module):
@@ -79,20 +65,27 @@ class VALPATMethod(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         total = images.new_zeros(())
         if cfg.ssl_weight:
-            generator = torch.Generator().manual_seed(1_000_003 + step)
-            view = augment_views(images, generator)
+            if "second_view" not in batch:
+                raise UsageError("VAL-PAT's self-supervised contrast needs two augmented views of each image: "
+                                 "set data.transform: moco (or valpat.ssl_weight: 0)")
+            second = batch["second_view"]
             momentum_update(self.encoder.visual, self.momentum_visual, cfg.momentum)
             momentum_update(self.ssl_projection, self.momentum_projection, cfg.momentum)
-            query = self.ssl_projection(embedding)
+            first_query = self.ssl_projection(embedding)
+            second_query = self.ssl_projection(self.encoder.visual(second))
             with torch.no_grad():
-                key = self.momentum_projection(self.momentum_visual(view))
+                first_key = self.momentum_projection(self.momentum_visual(images))
+                second_key = self.momentum_projection(self.momentum_visual(second))
             # a copy: the queue is updated in place below, before the backward pass
-            losses["ssl"] = momentum_contrast_loss(query, key, self.queue.keys.clone(), cfg.ssl_temperature)
-            self.queue.push(key)
+            queue = self.queue.keys.clone()
+            losses["ssl"] = (momentum_contrast_loss(first_query, second_key, queue, cfg.ssl_temperature)
+                             + momentum_contrast_loss(second_query, first_key, queue, cfg.ssl_temperature)) / 2
+            self.queue.push(torch.cat([first_key, second_key]))
             total = total + cfg.ssl_weight * losses["ssl"]
         if cfg.contrast_weight:
             text_embedding = self.encoder.text(batch["input_ids"], batch["attention_mask"])
-            losses["contrast"] = infonce_loss(embedding, text_embedding, self._scale())
+            losses["contrast"] = infonce_loss(embedding, text_embedding, self._scale(),
+                                              contrast_identities(batch["pid"]))
             total = total + cfg.contrast_weight * losses["contrast"]
         if cfg.attribute_weight and "attributes" in batch:
             ratio = self.positive_ratio if cfg.positive_ratio_weighting else None

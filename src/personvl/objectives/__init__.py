@@ -6,7 +6,7 @@ from personvl.objectives.colorization import colorization_loss, to_grayscale
 from personvl.objectives.contrastive import cmpm_loss, identity_match_matrix, infonce_loss, sdm_loss
 from personvl.objectives.distributed import distributed_world, gather_batch
 from personvl.objectives.masking import (
-    masked_token_loss, masking_ratio_schedule, random_token_mask, select_attribute_words, whole_word_mask,
+    masked_token_loss, masking_ratio_schedule, random_token_mask, whole_word_mask,
 )
 from personvl.objectives.momentum import FeatureQueue, momentum_contrast_loss, momentum_update
 
@@ -15,5 +15,5 @@ __all__ = [
     "distributed_world", "gather_batch",
     "id_loss", "identity_match_matrix", "infonce_loss", "masked_token_loss", "masking_ratio_schedule",
     "momentum_contrast_loss", "momentum_update", "positive_ratio_weights", "random_token_mask", "sdm_loss",
-    "select_attribute_words", "to_grayscale", "whole_word_mask",
+    "to_grayscale", "whole_word_mask",
 ]

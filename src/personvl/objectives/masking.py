@@ -4,21 +4,18 @@ BERT-style random token masking (IRRA's implicit relation reasoning)."""
 from __future__ import annotations
 
 import math
-import re
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
-COLOUR_WORDS = frozenset(
-    "black white grey gray red blue green yellow orange pink purple brown beige navy dark light".split())
-PART_WORDS = frozenset((
-    "hair shirt t-shirt tee top jacket coat overcoat sweater jumper pullover dress skirt shorts trousers "
-    "pants jeans slacks shoes sneakers trainers boots footwear backpack rucksack bag handbag purse "
-    "hat cap beanie glasses sunglasses spectacles umbrella parasol phone cellphone sleeve sleeves "
-    "socks scarf belt").split())
+# BERT's split of the chosen tokens: 80% become [MASK], 10% a random ordinary token, 10% stay.
+MASK_SHARE, RANDOM_SHARE = 0.8, 0.1
+
+# A maskable unit: one word index, or the word indices of a phrase masked together.
+Unit = Union[int, Sequence[int]]
 
 
 def masking_ratio_schedule(progress: float, start: float = 0.2, end: float = 0.8) -> float:
@@ -28,14 +25,20 @@ def masking_ratio_schedule(progress: float, start: float = 0.2, end: float = 0.8
     return start + (end - start) * math.sqrt(progress)
 
 
-def select_attribute_words(words: Sequence[str], phrases: Sequence[str] = ()) -> list[int]:
-    """Indices of the words that carry attributes: the words of the record's attribute phrases
-    when it has them, else colour and clothing-part words found by a matcher."""
-    lowered = [re.sub(r"[^a-z\-]", "", w.lower()) for w in words]
-    if phrases:
-        wanted = {w for phrase in phrases for w in phrase.lower().split()}
-        return [i for i, w in enumerate(lowered) if w in wanted]
-    return [i for i, w in enumerate(lowered) if w in COLOUR_WORDS or w in PART_WORDS]
+def _corrupt(input_ids: torch.Tensor, chosen: torch.Tensor, action: torch.Tensor, mask_token_id: int,
+             replacement_ids: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+    """The chosen tokens after BERT's split: ``action`` < 0.8 -> ``mask_token_id``, 0.8..0.9 ->
+    a random entry of ``replacement_ids``, otherwise unchanged. Without ``replacement_ids``
+    every chosen token becomes ``mask_token_id``."""
+    masked = input_ids.clone()
+    if replacement_ids is None:
+        masked[chosen] = mask_token_id
+        return masked
+    masked[chosen & (action < MASK_SHARE)] = mask_token_id
+    replaced = chosen & (action >= MASK_SHARE) & (action < MASK_SHARE + RANDOM_SHARE)
+    picks = torch.randint(0, len(replacement_ids), input_ids.shape, generator=generator)
+    masked[replaced] = replacement_ids.to(input_ids.dtype)[picks][replaced]
+    return masked
 
 
 def whole_word_mask(
@@ -44,31 +47,45 @@ def whole_word_mask(
     ratio: float,
     mask_token_id: int,
     generator: torch.Generator | None = None,
-    candidate_words: Sequence[Sequence[int]] | None = None,
+    candidate_words: Sequence[Sequence[Unit]] | None = None,
+    replacement_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask whole words: every sub-token of a chosen word is replaced by ``mask_token_id``.
+    """Mask whole words: every sub-token of a chosen word is masked.
 
     ``word_ids[b][t]`` is the word index of token t (None for special and padding tokens, as a
-    fast tokenizer's ``word_ids()`` gives). ``ratio`` of the words (at least one when any is
-    eligible) are chosen, among ``candidate_words[b]`` when given (attribute masking), else
-    among all words. Returns the masked ids and the labels (original ids at masked positions,
+    fast tokenizer's ``word_ids()`` gives). The units of row b are its words, or
+    ``candidate_words[b]`` when given: word indices, or tuples of word indices that are chosen
+    and masked together (an attribute phrase). ``ratio`` of the units (at least one when there
+    is any) are chosen. Without ``replacement_ids`` every token of a chosen unit becomes
+    ``mask_token_id``; with them (ordinary token ids), BERT's 80/10/10 split is drawn once per
+    unit: all its tokens become ``mask_token_id``, or random replacement tokens, or stay as they
+    are. Returns the masked ids and the labels (original ids at the chosen positions,
     ``IGNORE_INDEX`` elsewhere).
     """
-    masked = input_ids.clone()
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    chosen = torch.zeros(input_ids.shape, dtype=torch.bool)
+    action = torch.zeros(input_ids.shape)
     for b, row_words in enumerate(word_ids):
-        present = sorted({w for w in row_words if w is not None})
-        eligible = [w for w in present if candidate_words is None or w in set(candidate_words[b])]
-        if not eligible:
-            continue
-        count = max(1, int(round(ratio * len(eligible))))
-        order = torch.randperm(len(eligible), generator=generator)[:count]
-        chosen = {eligible[i] for i in order.tolist()}
+        positions: dict[int, list[int]] = {}
         for t, w in enumerate(row_words):
-            if w is not None and w in chosen:
-                labels[b, t] = input_ids[b, t]
-                masked[b, t] = mask_token_id
-    return masked, labels
+            if w is not None:
+                positions.setdefault(w, []).append(t)
+        if candidate_words is None:
+            units: list[tuple[int, ...]] = [(w,) for w in sorted(positions)]
+        else:
+            units = [tuple(u) if isinstance(u, (tuple, list)) else (u,) for u in candidate_words[b]]
+            units = [u for u in units if any(w in positions for w in u)]
+        if not units:
+            continue
+        count = max(1, int(round(ratio * len(units))))
+        order = torch.randperm(len(units), generator=generator)[:count].tolist()
+        draws = torch.rand(count, generator=generator).tolist() if replacement_ids is not None else [0.0] * count
+        for unit_index, draw in zip(order, draws):
+            for w in units[unit_index]:
+                for t in positions.get(w, ()):
+                    chosen[b, t] = True
+                    action[b, t] = draw
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    return _corrupt(input_ids, chosen, action, mask_token_id, replacement_ids, generator), labels
 
 
 def random_token_mask(
@@ -88,12 +105,7 @@ def random_token_mask(
     chosen = (torch.rand(input_ids.shape, generator=generator) < ratio) & maskable.bool()
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     action = torch.rand(input_ids.shape, generator=generator)
-    masked = input_ids.clone()
-    masked[chosen & (action < 0.8)] = mask_token_id
-    replaced = chosen & (action >= 0.8) & (action < 0.9)
-    picks = torch.randint(0, len(replacement_ids), input_ids.shape, generator=generator)
-    masked[replaced] = replacement_ids.to(input_ids.dtype)[picks][replaced]
-    return masked, labels
+    return _corrupt(input_ids, chosen, action, mask_token_id, replacement_ids, generator), labels
 
 
 def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

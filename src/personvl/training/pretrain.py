@@ -136,20 +136,7 @@ def collate_pretraining(samples):
 
     batch = collate_samples(samples)
     batch.update(batch.pop("tokens", {}))
-    if "pid" in batch:
-        batch["pid"] = instance_identities(batch["pid"], batch["index"])
     return batch
-
-
-def instance_identities(pids: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Identity labels where an unknown one (-1: a streamed LUPerson image) becomes the
-    image's own, ``-1 - index``: unique over the split, so on every rank, and never a known
-    identity (those are >= 0). Identity-aware losses then take an unlabelled image's positives
-    to be its own captions only, instead of every unlabelled image in the batch."""
-    unknown = pids < 0
-    if not bool(unknown.any()):
-        return pids
-    return torch.where(unknown, -1 - indices.to(pids.dtype), pids)
 
 
 class PretrainData(pl.LightningDataModule):
