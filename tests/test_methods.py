@@ -105,6 +105,24 @@ def test_iap_masks_whole_attribute_phrases_of_the_record():
         assert len(words) in (3, 4) and "jeans" not in words
 
 
+def test_iap_word_units_mask_single_colour_and_part_words():
+    torch.manual_seed(0)
+    encoder = create_model("tiny-plip-rn50").eval()
+    caption = "a woman in a red coat and black jeans with a black backpack"
+    batch = _batch(encoder, [caption], [0])
+    batch["attribute_phrases"] = [("red coat",)]     # words mode does not use the record's phrases
+    method = PLIPMethod(encoder, PLIPConfig(decoder_width=16, tic_weight=0.0, iap_units="words")).eval()
+    ids = batch["input_ids"][0]
+    seen = set()
+    for mask in _iap_masks(method, encoder, batch, range(12), progress=0.0):
+        words = _words_at(encoder, ids, mask[0])    # ratio 0.2 of six words: one word alone
+        assert len(words) == 1 and words[0] in {"red", "coat", "black", "jeans", "backpack"}
+        seen.add(words[0])
+    assert len(seen) >= 3
+    with pytest.raises(UsageError, match="plip.iap_units must be one of phrases, words, got 'tokens'"):
+        PLIPMethod(encoder, PLIPConfig(decoder_width=16, iap_units="tokens"))
+
+
 def test_attribute_matcher_finds_phrases_in_other_words():
     matcher = AttributeMatcher.from_vocabulary()
 

@@ -66,6 +66,9 @@ def quickstart_recipe(world_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     # From random initialisation the temperature-scaled InfoNCE form of IVLC leaves the
     # uniform-prediction start within tens of steps; CMPM's unscaled logits take far longer.
     config.plip.ivlc_loss = "infonce"
+    # IAP masks single colour and clothing-part words, as when this recipe was tuned; PLIP's
+    # whole attribute phrases are the published recipes' (docs/pretraining.md has both here).
+    config.plip.iap_units = "words"
     return config
 
 

@@ -11,13 +11,15 @@ from torch import nn
 
 from personvl.errors import UsageError
 from personvl.methods.base import attention_heads, contrast_identities, text_and_other_groups
-from personvl.methods.text_masking import AttributeMatcher, wordpiece_words
+from personvl.methods.text_masking import AttributeMatcher, colour_and_part_words, wordpiece_words
 from personvl.models import PersonEncoder, TokenBatch
 from personvl.models.heads import ColorizationDecoder, MaskedTokenPredictor
 from personvl.objectives import (
     cmpm_loss, colorization_loss, infonce_loss, masked_token_loss, masking_ratio_schedule, to_grayscale, whole_word_mask,
 )
 from personvl.objectives.masking import IGNORE_INDEX
+
+IAP_UNITS = ("phrases", "words")
 
 
 @dataclass
@@ -37,6 +39,10 @@ class PLIPConfig:
     # find the attribute phrases of captions whose record lists none, and whose synonyms match
     # a record's phrases in other words.
     iap_vocabulary: str | None = None
+    # What IAP masks as one unit: "phrases" (PLIP's attribute phrases, above) or "words": each
+    # colour or clothing-part word of a fixed list on its own, the quickstart's recipe, kept as
+    # it was tuned (docs/pretraining.md gives both on the quickstart's budget).
+    iap_units: str = "phrases"
     decoder_width: int = 1024          # channels of the fused colorization map
     # Colorize only the first N images of each batch (None: all of them, as the paper does).
     # TIC runs the image tower a second time, on the grey images; on a CPU a quarter of the
@@ -57,6 +63,8 @@ class PLIPMethod(nn.Module):
             raise UsageError(f"plip.tic_images must be a positive number of images or null, got {config.tic_images}")
         if config.iap_captions is not None and config.iap_captions < 1:
             raise UsageError(f"plip.iap_captions must be a positive number of captions or null, got {config.iap_captions}")
+        if config.iap_units not in IAP_UNITS:
+            raise UsageError(f"plip.iap_units must be one of {', '.join(IAP_UNITS)}, got {config.iap_units!r}")
         if config.ivlc_loss not in ("cmpm", "infonce"):
             raise UsageError(f"plip.ivlc_loss must be cmpm or infonce, got {config.ivlc_loss!r}")
         self.encoder = encoder
@@ -76,7 +84,7 @@ class PLIPMethod(nn.Module):
                                              image_dim=encoder.embed_dim, map_channels=channels[-1],
                                              heads=attention_heads(encoder.text.width))
         self.attribute_matcher = None
-        if config.iap_weight:
+        if config.iap_weight and config.iap_units == "phrases":
             from personvl.captioning.vocabulary import load_vocabulary
 
             self.attribute_matcher = AttributeMatcher.from_vocabulary(load_vocabulary(config.iap_vocabulary))
@@ -109,8 +117,11 @@ class PLIPMethod(nn.Module):
             input_ids, attention_mask = tokens.input_ids[used], tokens.attention_mask[used]
             image_embedding, image_map = image.embedding[used], image.maps[-1][used]
             word_ids, words = wordpiece_words(hf, input_ids)
-            phrases = batch.get("attribute_phrases") or [()] * len(images)
-            spans = [self.attribute_matcher.spans(w, p) for w, p in zip(words, phrases[used])]
+            if cfg.iap_units == "words":
+                spans = [colour_and_part_words(w) for w in words]
+            else:
+                phrases = batch.get("attribute_phrases") or [()] * len(images)
+                spans = [self.attribute_matcher.spans(w, p) for w, p in zip(words, phrases[used])]
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             masked_ids, labels = whole_word_mask(input_ids.cpu(), word_ids, ratio, hf.mask_token_id,
                                                  generator, candidate_words=spans)

@@ -18,6 +18,14 @@ ATTRIBUTE_ROLES = ("hair", "worn", "carried")
 _FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "pair"})
 # Words that end a noun phrase: a record's phrase is not matched across them.
 _BREAK_WORDS = frozenset({"and", "or", "with", "in", "on", "of", "to", "is", "has", "but", "while", "a", "an", "the"})
+# IAP's "words" units: colour and clothing-part words, each masked on its own.
+COLOUR_WORDS = frozenset(
+    "black white grey gray red blue green yellow orange pink purple brown beige navy dark light".split())
+PART_WORDS = frozenset((
+    "hair shirt t-shirt tee top jacket coat overcoat sweater jumper pullover dress skirt shorts trousers "
+    "pants jeans slacks shoes sneakers trainers boots footwear backpack rucksack bag handbag purse "
+    "hat cap beanie glasses sunglasses spectacles umbrella parasol phone cellphone sleeve sleeves "
+    "socks scarf belt").split())
 # At most this many other words may stand inside a record's phrase in a caption
 # ("black shirt" in "a black short-sleeved striped shirt").
 MAX_PHRASE_GAP = 2
@@ -44,6 +52,12 @@ def wordpiece_words(tokenizer, input_ids: torch.Tensor) -> tuple[list[list[int |
         word_ids.append(row_ids)
         words.append(row_words)
     return word_ids, words
+
+
+def colour_and_part_words(words: Sequence[str]) -> list[int]:
+    """Indices of the words that name a colour or a clothing part (``COLOUR_WORDS``,
+    ``PART_WORDS``): IAP's units with ``plip.iap_units: words``."""
+    return [i for i, word in enumerate(words) if word in COLOUR_WORDS or word in PART_WORDS]
 
 
 def split_words(text: str) -> list[str]:
