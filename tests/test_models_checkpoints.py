@@ -142,10 +142,10 @@ def test_timm_backbone_weights_fill_the_trunk_and_its_classifier_is_ignored(tmp_
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in model.visual.trunk.state_dict().items())
 
 
-def _tiny_clip_file(path):
+def _tiny_clip_file(path, name="tiny-clip-vitb16", seed=2):
     """A CLIP state dict with open_clip's names (text tower at the top level)."""
-    torch.manual_seed(2)
-    clip = create_model("tiny-clip-vitb16")
+    torch.manual_seed(seed)
+    clip = create_model(name)
     state = {(k[len("text."):] if k.startswith("text.") else k): v for k, v in clip.state_dict().items()}
     torch.save(state, path)
     return clip
@@ -207,11 +207,7 @@ def test_weights_that_are_not_there_or_not_weights_are_named(tmp_path):
 
 def _tiny_clip_rn50_file(path):
     """A CLIP ModifiedResNet state dict with open_clip's names: 4 heads to a 64-d pool."""
-    torch.manual_seed(6)
-    clip = create_model("tiny-clip-rn50")
-    state = {(k[len("text."):] if k.startswith("text.") else k): v for k, v in clip.state_dict().items()}
-    torch.save(state, path)
-    return clip
+    return _tiny_clip_file(path, "tiny-clip-rn50", seed=6)
 
 
 def test_clip_resnet_file_for_another_attention_pool_fills_the_trunk_and_names_the_pool(tmp_path):

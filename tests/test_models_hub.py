@@ -159,7 +159,7 @@ def test_openai_names_demand_the_activation_openai_trained_with(hub_cache, tmp_p
 
 
 def test_a_name_for_the_whole_model_is_a_clip_tag_else_a_missing_path(hub_cache):
-    with pytest.raises(PersonvlError, match=r"weights runs do not exist \(a published name starts one tower"):
-        create_model("tiny-plip-rn50", weights="runs")
+    with pytest.raises(PersonvlError, match=r"weights missing-run do not exist \(a published name starts one tower"):
+        create_model("tiny-plip-rn50", weights="missing-run")
     with pytest.raises(PersonvlError, match="image weights 'openai' .* not in the Hugging Face cache"):
         resolve_hub_weights("openai", None, model_config("clip-rn50"))

@@ -21,7 +21,7 @@ from personvl.models.tokenization import tiny_vocab_path
 from personvl.training.pretrain import (
     LOAD_REPORT_FILE, DataConfig, _training_split, pretrain,
 )
-from test_models_hub import fill_hub_cache
+from test_models_hub import fill_hub_cache, hub_cache  # noqa: F401 (a fixture)
 
 # Two steps of a batch of two on one CPU process, no checkpoint before the end.
 TWO_STEPS = ["trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto",
@@ -70,18 +70,6 @@ def synth_pedes(tmp_path_factory):
     return out / "synth-pedes"
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("personvl.models.hub.OPENAI_URL_CACHE", tmp_path / "clip-cache")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def _open_clip_state(name, seed):
     torch.manual_seed(seed)
     return {k: v.contiguous() for k, v in open_clip.create_model(name).state_dict().items()}
@@ -91,13 +79,13 @@ def _report(run):
     return json.loads((run / LOAD_REPORT_FILE).read_text())
 
 
-def test_plip_rn50_starts_from_the_clip_and_bert_weights_its_recipe_names(synth_pedes, bert_base, offline_cache,
+def test_plip_rn50_starts_from_the_clip_and_bert_weights_its_recipe_names(synth_pedes, bert_base, hub_cache,
                                                                          tmp_path):
     clip = _open_clip_state("RN50", seed=1)
     save_file(clip, str(tmp_path / "open_clip_model.safetensors"))
-    fill_hub_cache(offline_cache, "timm/resnet50_clip.openai",
+    fill_hub_cache(hub_cache, "timm/resnet50_clip.openai",
                    {"open_clip_model.safetensors": tmp_path / "open_clip_model.safetensors"})
-    fill_hub_cache(offline_cache, "bert-base-uncased",
+    fill_hub_cache(hub_cache, "bert-base-uncased",
                    {name: bert_base / name for name in ("config.json", "model.safetensors", "vocab.txt")})
     del clip["visual.attnpool.c_proj.weight"]
     run = tmp_path / "run"
@@ -151,7 +139,7 @@ def test_unipt_vitb16_starts_from_a_clip_vit_and_bert_at_its_own_input_size(lupe
     ("valpat_rn50", "timm resnet50.tv_in1k", "bert-base-uncased"),
     ("unipt_vitb16", "open_clip ViT-B-16 'openai'", "bert-base-uncased"),
 ])
-def test_published_recipes_without_their_weights_refuse_saying_what_to_download(recipe, image, text, offline_cache,
+def test_published_recipes_without_their_weights_refuse_saying_what_to_download(recipe, image, text, hub_cache,
                                                                                tmp_path):
     with pytest.raises(PersonvlError, match=rf"image weights .* \({image}\) are not in the Hugging Face cache .*"
                                             r"model\.weights\.image="):
