@@ -11,7 +11,8 @@ from personvl.errors import PersonvlError, UsageError
 from personvl.evaluation import attribute_metrics, reid_metrics, retrieval_metrics
 from personvl.tasks import attributes, reid, text_to_image
 from personvl.tasks.registry import TASKS, evaluate_task, finetune_task, task_module
-from personvl.tasks.text_to_image import ranking_loss
+from personvl.objectives import ranking_loss
+from personvl.tasks.runner import load_task_config
 
 COMMON = ["trainer.accelerator=cpu", "trainer.progress_bar=false", "data.workers=0", "trainer.log_every_n_steps=1",
           "trainer.checkpoint_every_n_steps=10"]
@@ -65,16 +66,18 @@ def test_configs_load_with_overrides():
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "finetune"
-    loaders = {"t2i": text_to_image.load_text_to_image_config, "reid": reid.load_reid_config,
-               "attributes": attributes.load_attribute_config}
-    for prefix, load in loaders.items():
-        for path in sorted(folder.glob(f"{prefix}_*.yaml")):
-            config = load(path, ["data.root=elsewhere"])
+    for task in TASKS:
+        recipes = sorted(folder.glob(f"{task}_*.yaml"))
+        assert recipes, task
+        for path in recipes:
+            config = load_task_config(task, path, ["data.root=elsewhere"])
             assert config.data.root == "elsewhere"
+            # One layout for every task: the shared sections plus the task's own.
+            assert {"data", "model", "optim", "trainer", "selection", "evaluation"} <= set(vars(config))
     with pytest.raises(UsageError, match="unknown config key"):
-        reid.load_reid_config(folder / "reid_tiny.yaml", ["loss.margn=0.5"])
+        load_task_config("reid", folder / "reid_tiny.yaml", ["loss.margn=0.5"])
     with pytest.raises(UsageError, match="objective"):
-        text_to_image.load_text_to_image_config(None, ["loss.objective=clip"])
+        load_task_config("t2i", None, ["loss.objective=clip"])
 
 
 def test_reid_finetune_writes_the_run(small_world, tmp_path):
@@ -124,10 +127,8 @@ def test_reid_linear_probe_and_domain_generalisation(small_world, tmp_path):
     report = json.loads((out / "metrics.json").read_text())["metrics"]
     assert report["setting"] == "domain generalisation: trained on market1501, tested on market1501"
     # The saved projection is found again through the model folder.
-    from personvl.models import load_model
-
-    again = reid.evaluate(load_model(out / "model"), "market1501", tmp_path / "other" / "market1501",
-                          head=out / "model")
+    assert (out / "model" / "heads" / "reid.json").exists()
+    again = reid.evaluate(out / "model", "market1501", tmp_path / "other" / "market1501")
     assert again["mAP"] == pytest.approx(summary["metrics"]["mAP"], abs=1e-4)
 
 
@@ -192,7 +193,7 @@ def test_attributes_finetune_and_probe(small_world, tmp_path):
     world, _ = small_world
     root = world / "pa100k"
     tuned = attributes.finetune(None, [f"output_dir={tmp_path / 'ft'}", f"data.root={root}", "trainer.max_steps=30",
-                                       "data.identities_per_batch=4", "data.images_per_identity=4", "optim.lr=0.003",
+                                       "data.batch_size=16", "optim.lr=0.003",
                                        "selection.every_n_steps=10", *COMMON])
     probed = attributes.finetune(None, [f"output_dir={tmp_path / 'lp'}", "mode=linear_probe", f"data.root={root}",
                                         *COMMON])
@@ -200,10 +201,8 @@ def test_attributes_finetune_and_probe(small_world, tmp_path):
         assert summary["selection"]["split"] == "val"
     assert (tmp_path / "ft" / "attributes.png").exists()
     # The head travels with the model folder: evaluating it again gives the same figures.
-    from personvl.models import load_model
-
     model_dir = tmp_path / "ft" / "model"
-    again = evaluate_task("attributes", load_model(model_dir), "pa100k", root, head=model_dir)
+    again = evaluate_task("attributes", model_dir, "pa100k", root)
     assert again["mA"] == pytest.approx(tuned["metrics"]["mA"], abs=1e-4) and again["head"] == "trained head"
 
 
@@ -253,7 +252,7 @@ def _finetune_from_scratch(world, tmp_path, task, steps, *extra):
     root = world / folder
     summary = finetune_task(task, None, [f"output_dir={tmp_path / task}", f"data.root={root}",
                                          f"trainer.max_steps={steps}", "data.identities_per_batch=16",
-                                         "data.images_per_identity=4", "optim.lr=0.003", "evaluation.plots=false",
+                                         "data.images_per_identity=4", "data.batch_size=64", "optim.lr=0.003", "evaluation.plots=false",
                                          LEARNABLE_TINY, *COMMON, *extra])
     return summary["metrics"], root
 

@@ -4,7 +4,6 @@ a task without training (zero-shot, or a fine-tuned model folder)."""
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 
 TASK_NAMES = ("t2i", "reid", "attributes", "parsing", "search")
@@ -21,33 +20,36 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accepts(function, name: str) -> bool:
-    parameters = inspect.signature(function).parameters
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from personvl.errors import UsageError
     from personvl.evaluation.reports import metrics_table, write_report
-    from personvl.models import open_model
-    from personvl.tasks.finetuning import read_task_head
-    from personvl.tasks.registry import task_module
+    from personvl.tasks.registry import evaluate_task
 
-    module = task_module(args.task)
-    options = {"split": args.split}
+    options: dict = {"split": args.split}
     if args.rerank:
         if args.task != "reid":
             raise UsageError("--rerank applies to the reid task only")
         options["rerank"] = True
-    model = open_model(args.model, args.weights, tokenizer=args.tokenizer)
-    # A fine-tuned model folder may carry its task head (attribute classifier, re-ID probe).
-    if Path(args.model).is_dir() and read_task_head(args.model, args.task) is not None:
-        options["head"] = args.model
-    if args.out is not None and _accepts(module.evaluate, "plots_dir"):
+    if args.detector is not None:
+        if args.task != "search":
+            raise UsageError("--detector applies to the search task only")
+        options["detector"] = args.detector
+    if args.gallery_size is not None:
+        if args.task != "search":
+            raise UsageError("--gallery-size applies to the search task only")
+        options["gallery_size"] = args.gallery_size
+    # A saved folder is passed as it is: each task reads its own head from it (attribute
+    # classifier, re-ID head, parsing head, detector).
+    model = args.model
+    if args.weights is not None or args.tokenizer is not None or not Path(args.model).is_dir():
+        from personvl.models import open_model
+
+        model = open_model(args.model, args.weights, tokenizer=args.tokenizer)
+    if args.out is not None:
         options["plots_dir"] = args.out
-    metrics = module.evaluate(model, args.dataset, args.root, **options)
+    metrics = evaluate_task(args.task, model, args.dataset, args.root, **options)
     name = f"{Path(args.model).name} on {args.dataset} ({args.split})"
     if args.out is not None:
         write_report(metrics, args.out, name=name, task=args.task)
@@ -73,14 +75,20 @@ def register(commands) -> None:
     evaluate = commands.add_parser(
         "eval", help="evaluate a model on a task's test split without training",
         description="Evaluate MODEL (a registered name, with --weights, or a saved model folder) on DATASET at ROOT "
-                    "with the task's protocol: zero-shot with a pre-trained model, or a fine-tuned model folder. "
-                    "Attribute recognition without a trained head fits a linear probe on the train split.")
+                    "with the task's protocol: zero-shot with a pre-trained model, or a fine-tuned model folder, whose "
+                    "task head (attribute classifier, re-ID head, parsing head, detector) is used. Attribute "
+                    "recognition without a trained head fits a linear probe on the train split.")
     evaluate.add_argument("task", choices=TASK_NAMES, metavar="TASK", help=", ".join(TASK_NAMES))
     evaluate.add_argument("model", metavar="MODEL", help="registered model name or saved model folder")
     evaluate.add_argument("dataset", metavar="DATASET", help="dataset format name, e.g. cuhk-pedes, market1501")
     evaluate.add_argument("root", metavar="ROOT", help="the dataset's folder")
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test; re-ID: query/gallery)")
     evaluate.add_argument("--rerank", action="store_true", help="re-ID: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    evaluate.add_argument("--detector", default=None, metavar="DIR|gt",
+                          help="search: a model folder holding a detector, or gt for the ground-truth boxes "
+                               "(default: the detector in MODEL's folder)")
+    evaluate.add_argument("--gallery-size", type=int, default=None, metavar="N",
+                          help="search on CUHK-SYSU: frames per query gallery (50, 100, 500, 1000, 2000, 4000)")
     evaluate.add_argument("--out", default=None, metavar="DIR", help="write metrics.json and plots here")
     evaluate.add_argument("--weights", default=None, metavar="PATH", help="weights for a registered model name")
     evaluate.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer folder or name")

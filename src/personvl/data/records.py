@@ -184,5 +184,11 @@ class DatasetSplit(Sequence[PersonRecord]):
     def __iter__(self) -> Iterator[PersonRecord]:
         return iter(self.records)
 
+    def with_records(self, records: Sequence[PersonRecord]) -> "DatasetSplit":
+        """A split of the same set holding ``records`` (a part of this one, e.g. held out)."""
+        return DatasetSplit(list(records), dataset=self.dataset, split=self.split, root=self.root,
+                            attribute_names=self.attribute_names, part_names=self.part_names,
+                            identity_mapping=self.identity_mapping)
+
     def __repr__(self) -> str:
         return f"DatasetSplit({self.dataset!r}, split={self.split!r}, {len(self.records)} records, root={self.root!r})"

@@ -88,3 +88,35 @@ class IdentitySampler(Sampler[int]):
         # The batch count depends on the draw (identities left over at the end), so it is
         # counted from this epoch's draw rather than estimated.
         return sum(len(b) for b in self.batches())
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices of ``0..size-1`` in a seeded random order per epoch,
+    for sets without identities (attributes, parsing, detector frames).
+
+    Each epoch's order is one permutation drawn from (seed, epoch); rank r of W takes batches
+    r, r + W, ... of it and every rank takes the same number, so the ranks' batches are
+    disjoint and together are the batches one process would draw. An incomplete last batch is
+    dropped."""
+
+    def __init__(self, size: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise UsageError(f"the batch size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
+        if size < batch_size * world_size:
+            raise UsageError(f"{world_size} rank(s) x a batch of {batch_size} need at least "
+                             f"{batch_size * world_size} training images, the split has {size}")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        for batch in range(self.rank, len(self) * self.world_size, self.world_size):
+            yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size // self.world_size

@@ -72,8 +72,9 @@ def _evaluating(model: PersonEncoder) -> Iterator[None]:
 
 
 def embed_images(model: PersonEncoder, paths: Sequence[str | os.PathLike], *, batch_size: int = 64,
-                 workers: int = 0, progress: bool = True) -> np.ndarray:
-    """[N, D] float32 L2-normalised embeddings of the image files, in the given order."""
+                 workers: int = 0, progress: bool = True, normalize: bool = True) -> np.ndarray:
+    """[N, D] float32 L2-normalised embeddings of the image files, in the given order
+    (``normalize=False``: the image tower's output as it is)."""
     if batch_size < 1:
         raise PersonvlError(f"batch size must be at least 1, got {batch_size}")
     loader = DataLoader(ImageFiles([Path(p) for p in paths], model.image_transform), batch_size=batch_size,
@@ -81,7 +82,8 @@ def embed_images(model: PersonEncoder, paths: Sequence[str | os.PathLike], *, ba
     chunks = []
     with _evaluating(model):
         for batch in tqdm(loader, desc="embedding images", unit="batch", disable=not progress):
-            chunks.append(model.encode_image(batch).float().cpu().numpy())
+            embedded = model.encode_image(batch) if normalize else model.visual(model.preprocess(batch))
+            chunks.append(embedded.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), np.float32)
 
 

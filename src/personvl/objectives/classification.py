@@ -44,3 +44,9 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, pids: torch.Tensor, margin
     hardest_positive = distances.masked_fill(~positives, float("-inf")).max(dim=1).values
     hardest_negative = distances.masked_fill(~negatives, float("inf")).min(dim=1).values
     return F.relu(hardest_positive - hardest_negative + margin)[valid].mean()
+
+
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel cross-entropy of class scores [B, C, H, W] against label maps [B, H, W];
+    pixels labelled ``ignore_index`` (outside the annotation, padding) do not count."""
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index)

@@ -86,3 +86,23 @@ def sdm_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, pids
     cosine = image_unit @ text_unit.t()
     matches = identity_match_matrix(pids, pids)
     return _kl_to_matches(scale * cosine, matches, eps) + _kl_to_matches(scale * cosine.t(), matches, eps)
+
+
+def ranking_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, pids: torch.Tensor,
+                 margin: float = 0.2) -> torch.Tensor:
+    """Bidirectional triplet ranking on cosine similarity (UniPT / LGUR): each image against its
+    hardest non-matching caption and each caption against its hardest non-matching image,
+    relative to the least similar matching pair. The hardest negatives are this rank's: the
+    loss reads the local batch only."""
+    similarity = F.normalize(image_embeddings, dim=1) @ F.normalize(text_embeddings, dim=1).t()
+    same = pids.view(-1, 1) == pids.view(1, -1)
+    hardest_positive_i2t = similarity.masked_fill(~same, float("inf")).min(dim=1).values
+    hardest_negative_i2t = similarity.masked_fill(same, float("-inf")).max(dim=1).values
+    hardest_positive_t2i = similarity.masked_fill(~same, float("inf")).min(dim=0).values
+    hardest_negative_t2i = similarity.masked_fill(same, float("-inf")).max(dim=0).values
+    valid = (~same).any(dim=1)
+    if not valid.any():
+        return similarity.sum() * 0.0
+    image_side = F.relu(margin + hardest_negative_i2t - hardest_positive_i2t)[valid]
+    text_side = F.relu(margin + hardest_negative_t2i - hardest_positive_t2i)[valid]
+    return image_side.mean() + text_side.mean()

@@ -5,7 +5,7 @@ encoder's L2-normalised image embedding, trained with binary cross-entropy weigh
 attribute's positive ratio in the training split (rare positives weigh more). ``mode:
 finetune`` trains the image tower with the head; ``mode: linear_probe`` embeds each split once
 with the frozen encoder and trains the head alone. The head is saved into the model folder
-(``task_head.safetensors``), so ``evaluate`` and ``personvl eval attributes`` find it.
+(``heads/attributes.safetensors``), so ``evaluate`` and ``personvl eval attributes`` find it.
 
 Metrics: mA, instance accuracy, precision, recall and F1 (sigmoid > 0.5); the model is
 selected on mA of the val split.
@@ -14,7 +14,6 @@ selected on mA of the val split.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,25 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from personvl.config import load_config
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import (
-    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, ShuffledBatches, check_mode,
-    elapsed, embed_records, evaluation_place, evaluation_setting, fit_probe, model_transform, open_encoder,
-    probe_selection, random_batches, read_split, read_task_head, save_task_head, start_run, train_and_select,
-    training_loader, validation_split, write_summary,
+    embed_records, fit_probe, model_transform, probe_selection, random_batches,
+)
+from personvl.tasks.runner import (
+    EvaluationTarget, ProbeConfig, SelectionConfig, Stage, Task, TaskData, Trained, check_mode,
 )
 from personvl.training.optim import OptimConfig
+from personvl.training.pretrain import ModelSpec
 from personvl.training.trainer import TrainerConfig
 
-TASK = "attributes"
 
 
 @dataclass
-class AttributeData(FinetuneData):
+class AttributeData(TaskData):
     dataset: str = "pa100k"
-    identities_per_batch: int = 16     # attribute sets have no identities: batches of P x K images
-    images_per_identity: int = 4
+    batch_size: int = 64
     transform: str = "reid"
 
 
@@ -77,17 +74,14 @@ class AttributeConfig:
         check_mode(self.mode)
 
 
-def load_attribute_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> AttributeConfig:
-    return load_config(AttributeConfig, path, overrides)
-
-
 class AttributeHead(nn.Module):
     """Embedding -> batch norm -> one logit per attribute."""
 
-    def __init__(self, dim: int, count: int):
+    def __init__(self, dim: int, count: int, names: Sequence[str] | None = None):
         super().__init__()
         self.norm = nn.BatchNorm1d(dim)
         self.logits = nn.Linear(dim, count)
+        self.names = list(names) if names and len(names) == count else [f"attribute_{i}" for i in range(count)]
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.logits(self.norm(embeddings))
@@ -104,19 +98,14 @@ class AttributeMethod(nn.Module):
 
     def forward(self, batch: dict, progress: float = 0.0, step: int = 0) -> dict[str, torch.Tensor]:
         embeddings = F.normalize(self.encoder.visual(batch["image"]), dim=-1)
-        return {"loss": attribute_loss(self.head(embeddings), batch["attributes"],
-                                       self.positive_ratio if self.loss_config.weighted else None)}
+        from personvl.objectives import attribute_bce_loss
+
+        weights = self.positive_ratio if self.loss_config.weighted and self.positive_ratio.numel() else None
+        return {"loss": attribute_bce_loss(self.head(embeddings), batch["attributes"], weights)}
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": list(self.encoder.visual.parameters()), "name": "image"},
                 {"params": list(self.head.parameters()), "lr_scale": self.loss_config.head_lr_scale, "name": "head"}]
-
-
-def attribute_loss(logits: torch.Tensor, labels: torch.Tensor, positive_ratio: torch.Tensor | None) -> torch.Tensor:
-    from personvl.objectives import attribute_bce_loss
-
-    return attribute_bce_loss(logits, labels, positive_ratio if positive_ratio is not None and positive_ratio.numel()
-                              else None)
 
 
 def positive_ratio(records) -> torch.Tensor:
@@ -146,26 +135,12 @@ def attribute_scores(head: nn.Module, features: torch.Tensor, records, names=Non
         return attribute_metrics(_probabilities(head.eval(), features), _labels(records), attribute_names=names)
 
 
-def _head_from(head: Any, dim: int, count: int) -> AttributeHead | None:
-    if head is None or isinstance(head, nn.Module):
-        return head
-    found = read_task_head(head, TASK)
-    if found is None:
-        raise UsageError(f"{head} holds no attribute head")
-    settings, weights = found
-    module = AttributeHead(dim, int(settings["attributes"]))
-    module.load_state_dict(weights)
-    if module.logits.out_features != count:
-        raise UsageError(f"the attribute head predicts {module.logits.out_features} attributes, the data has {count}")
-    return module.eval()
-
-
 class AttributePredictor:
     """A fine-tuned encoder's attribute head: image batches -> attribute name -> probability."""
 
     def __init__(self, encoder, head: AttributeHead, names: Sequence[str]):
         if len(names) != head.logits.out_features:
-            names = [f"attribute_{i}" for i in range(head.logits.out_features)]
+            names = head.names
         self.encoder, self.head, self.names = encoder.eval(), head.eval(), list(names)
 
     @torch.inference_mode()
@@ -178,59 +153,26 @@ def load_attribute_predictor(model_dir: str | os.PathLike, encoder=None) -> Attr
     """The attribute predictor of a model folder written by attribute fine-tuning (or a linear
     probe), or None when the folder holds no attribute head. ``encoder``: the folder's encoder
     when already loaded."""
-    from personvl.models import load_model
+    from personvl.tasks.heads import saved_heads
 
-    found = read_task_head(model_dir, TASK)
-    if found is None:
+    if TASK.name not in saved_heads(model_dir):
         return None
-    settings, weights = found
-    head = AttributeHead(int(settings["dim"]), int(settings["attributes"]))
-    head.load_state_dict(weights)
-    return AttributePredictor(encoder if encoder is not None else load_model(model_dir), head,
-                              settings.get("names") or [])
+    trained = TASK.load(model_dir, encoder)
+    return AttributePredictor(trained.encoder, trained.head, trained.head.names)
 
 
-def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test", head: Any = None,
-             batch_size: int = 64, plots_dir: str | os.PathLike | None = None, probe: ProbeConfig | None = None,
-             dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Attribute metrics of ``model`` on a split of ``dataset``. ``head``: the attribute head
-    (module, or a model folder holding one); without it, a linear probe is trained on the
-    frozen embeddings of the train split (selected on val where the set has one) and then
-    scored. ``plots_dir``: write the per-attribute accuracy chart there."""
-    import personvl.data as data_module
-
-    options = dataset_options or {}
-    records = data_module.load_dataset(dataset, root, split, **options)
-    labels = _labels(records)
-    module = _head_from(head, model.embed_dim, labels.shape[1])
-    probed = module is None
-    if probed:
-        data = FinetuneData(dataset=dataset, root=str(root), options=options)
-        module, _ = _train_probe(model, data, probe or ProbeConfig(), "mA", 0, batch_size, seed=0)
-    features = embed_records(model, records, batch_size)
-    metrics = attribute_scores(module, features, records, records.attribute_names)
-    metrics.update({"dataset": dataset, "split": split, "head": "linear probe" if probed else "trained head"})
-    if plots_dir is not None:
-        from personvl.evaluation import plot_attribute_accuracy
-
-        plot_attribute_accuracy(metrics["per_attribute_mA"], metrics["attribute_names"],
-                                Path(plots_dir) / "attributes.png", title="Per-attribute mA")
-    return metrics
-
-
-def _train_probe(encoder, data: FinetuneData, probe: ProbeConfig, metric: str, every_n_steps: int,
+def _train_probe(encoder, train, val, val_split: str | None, probe: ProbeConfig, metric: str, every_n_steps: int,
                  batch_size: int, seed: int, weighted: bool = True):
-    """A head on frozen embeddings of ``data``'s train split, selected on its val split."""
-    train = read_split(data, data.train_split)
-    val_split = validation_split(data)
-    val = read_split(data, val_split) if val_split else None
+    """A head on frozen embeddings of ``train``, selected on ``val`` where given."""
+    from personvl.objectives import attribute_bce_loss
+
     features = embed_records(encoder, train, batch_size)
     labels = torch.tensor(_labels(train), dtype=torch.float32)
     ratio = positive_ratio(train) if weighted else None
-    head = AttributeHead(encoder.embed_dim, labels.shape[1])
+    head = AttributeHead(encoder.embed_dim, labels.shape[1], getattr(train, "attribute_names", None))
 
     def loss_fn(module: AttributeHead, index: torch.Tensor) -> torch.Tensor:
-        return attribute_loss(module(features[index]), labels[index], ratio)
+        return attribute_bce_loss(module(features[index]), labels[index], ratio)
 
     validate = None
     if val is not None:
@@ -244,64 +186,101 @@ def _train_probe(encoder, data: FinetuneData, probe: ProbeConfig, metric: str, e
     return head, probe_selection(history, kept, val_split if validate is not None else None, metric)
 
 
+class AttributeTask(Task):
+    name = "attributes"
+    config_type = AttributeConfig
+    metric = "mA"
+    reported = ("mA", "accuracy", "precision", "recall", "F1")
+
+    def stages(self, config: AttributeConfig, encoder, train, echo) -> list[Stage]:
+        from personvl.data.datasets import PersonImageDataset
+        from personvl.data.samplers import ShuffledBatches
+
+        labels = _labels(train)
+        head = AttributeHead(encoder.embed_dim, labels.shape[1], train.attribute_names)
+        method = AttributeMethod(encoder, head, positive_ratio(train), config.loss)
+        dataset = PersonImageDataset(train, model_transform(encoder, config.data.transform, train=True),
+                                     seed=config.trainer.seed)
+        size, batch, seed = len(train), config.data.batch_size, config.trainer.seed
+        return [Stage("", method, dataset,
+                      lambda rank, world: ShuffledBatches(size, batch, seed=seed, rank=rank, world_size=world),
+                      config.optim, config.trainer.max_steps,
+                      describe=f"fine-tuning {config.model.name} for {labels.shape[1]} attributes on {len(train)} "
+                               f"{config.data.dataset} images for {config.trainer.max_steps} steps")]
+
+    def probe(self, config: AttributeConfig, encoder, train, val_inputs, val_name):
+        head, selection = _train_probe(encoder, train, val_inputs, val_name, config.probe,
+                                       config.selection.metric or self.metric, config.selection.every_n_steps,
+                                       config.evaluation.batch_size, config.trainer.seed, config.loss.weighted)
+        return Trained(encoder, head), selection, config.probe.steps
+
+    def score(self, model: Trained, records, settings: EvaluationTarget, plots_dir: Path | None = None) -> dict[str, Any]:
+        if model.head is None:
+            raise UsageError("attribute scores need an attribute head (a fine-tuned folder, or evaluate() fits a probe)")
+        labels = _labels(records)
+        if model.head.logits.out_features != labels.shape[1]:
+            raise UsageError(f"the attribute head predicts {model.head.logits.out_features} attributes, "
+                             f"the data has {labels.shape[1]}")
+        features = embed_records(model.encoder, records, settings.batch_size)
+        metrics = attribute_scores(model.head, features, records, getattr(records, "attribute_names", None))
+        if plots_dir is not None:
+            from personvl.evaluation import plot_attribute_accuracy
+
+            plot_attribute_accuracy(metrics["per_attribute_mA"], metrics["attribute_names"],
+                                    Path(plots_dir) / "attributes.png", title="Per-attribute mA")
+        return metrics
+
+    def head_settings(self, head: AttributeHead) -> dict[str, Any]:
+        return {"kind": "classifier", "dim": head.norm.num_features, "attributes": head.logits.out_features,
+                "names": head.names}
+
+    def build_head(self, settings: dict[str, Any], encoder) -> nn.Module:
+        return AttributeHead(int(settings["dim"]), int(settings["attributes"]), settings.get("names"))
+
+
+TASK = AttributeTask()
+
+
+def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test", head: Any = None,
+             batch_size: int = 64, plots_dir: str | os.PathLike | None = None, probe: ProbeConfig | None = None,
+             dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Attribute metrics of ``model`` (an encoder, a saved folder whose attribute head is used,
+    or a registered name) on a split of ``dataset``. ``head``: an attribute head module to use
+    instead; where there is none, a linear probe is trained on the frozen embeddings of the
+    train split (selected on val where the set has one) and then scored. ``plots_dir``: write
+    the per-attribute accuracy chart there."""
+    import personvl.data as data_module
+    from personvl.tasks.runner import evaluate_saved
+
+    options = dataset_options or {}
+    if not isinstance(model, Trained):
+        model = TASK.load(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else Trained(
+            model if not isinstance(model, (str, os.PathLike)) else _open(model))
+    if head is not None:
+        model = Trained(model.encoder, head)
+    probed = model.head is None
+    if probed:
+        train = data_module.load_dataset(dataset, root, "train", **options)
+        val_split = "val" if "val" in data_module.dataset_splits(dataset, root, **options) else None
+        val = data_module.load_dataset(dataset, root, val_split, **options) if val_split else None
+        head, _ = _train_probe(model.encoder, train, val, val_split, probe or ProbeConfig(), "mA", 0, batch_size, seed=0)
+        model = Trained(model.encoder, head)
+    metrics = evaluate_saved(TASK, model, dataset, root, split=split, settings=EvaluationTarget(batch_size=batch_size),
+                             plots_dir=plots_dir, dataset_options=options)
+    metrics["head"] = "linear probe" if probed else "trained head"
+    return metrics
+
+
+def _open(name):
+    from personvl.models import open_model
+
+    return open_model(name)
+
+
 def finetune(config: AttributeConfig | str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
              echo=print) -> dict[str, Any]:
     """Train an attribute head (with the image tower, or alone on frozen embeddings); returns
     the run summary (also in ``output_dir/summary.json``; test figures in ``metrics.json``)."""
-    import lightning.pytorch as pl
+    from personvl.tasks.runner import run
 
-    from personvl.data.datasets import PersonImageDataset
-    from personvl.evaluation import write_report
-    from personvl.models import save_model
-
-    if not isinstance(config, AttributeConfig):
-        config = load_attribute_config(config, overrides)
-    started = time.perf_counter()
-    out, checkpoint = start_run(config, resume)
-    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    encoder = open_encoder(config.model)
-    metric = config.selection.metric or "mA"
-    if config.mode == "finetune":
-        train = read_split(config.data, config.data.train_split)
-        labels = _labels(train)
-        val_split = validation_split(config.data)
-        val = read_split(config.data, val_split) if val_split else None
-        head = AttributeHead(encoder.embed_dim, labels.shape[1])
-        method = AttributeMethod(encoder.train(), head, positive_ratio(train), config.loss)
-        dataset = PersonImageDataset(train, model_transform(encoder, config.data.transform, train=True),
-                                     seed=config.trainer.seed)
-        batches = ShuffledBatches(len(train), config.data.identities_per_batch * config.data.images_per_identity,
-                                  seed=config.trainer.seed)
-        loader = training_loader(dataset, batches, config.data.workers)
-
-        def validate(trained: AttributeMethod) -> dict[str, Any]:
-            return attribute_scores(trained.head, embed_records(trained.encoder, val, config.evaluation.batch_size), val)
-
-        echo(f"fine-tuning {config.model.name} for {labels.shape[1]} attributes on {len(train)} {config.data.dataset} "
-             f"images for {config.trainer.max_steps} steps -> {out}")
-        steps, selection = train_and_select(config, method, loader, out, checkpoint,
-                                            validate if val is not None else None, metric, val_split)
-        encoder = method.encoder.eval()
-        head = method.head.eval()
-    else:
-        echo(f"linear probe of {config.model.name} for attributes on {config.data.dataset}")
-        head, selection = _train_probe(encoder, config.data, config.probe, metric, config.selection.every_n_steps,
-                                       config.evaluation.batch_size, config.trainer.seed, config.loss.weighted)
-        steps = config.probe.steps
-    save_model(encoder, out / MODEL_DIR)
-    named = train if config.mode == "finetune" else read_split(config.data, config.data.train_split)
-    save_task_head(out / MODEL_DIR, TASK, head, {"kind": "classifier", "dim": encoder.embed_dim,
-                                                 "attributes": head.logits.out_features,
-                                                 "names": list(getattr(named, "attribute_names", None) or [])})
-    dataset_name, root, cross = evaluation_place(config)
-    metrics = evaluate(encoder, dataset_name, root, split=config.evaluation.split, head=head,
-                       batch_size=config.evaluation.batch_size, plots_dir=out if config.evaluation.plots else None,
-                       dataset_options=config.evaluation.options)
-    metrics.update(evaluation_setting(config, dataset_name, cross))
-    write_report(metrics, out, task=TASK)
-    summary = {"task": TASK, "mode": config.mode, "model": config.model.name, "steps": steps, "selection": selection,
-               "metrics": {k: metrics[k] for k in ("mA", "accuracy", "precision", "recall", "F1")},
-               "train_dataset": config.data.dataset, "eval_dataset": dataset_name, "cross_domain": cross,
-               "model_dir": str(out / MODEL_DIR), "seconds": elapsed(started)}
-    write_summary(out, summary)
-    return summary
+    return run(TASK, config, overrides, resume=resume, echo=echo)

@@ -6,51 +6,41 @@ test split; ``evaluate(model, dataset, root)`` scores a fine-tuned parsing model
 
 Splits. ``test`` names the split a protocol reports on: LIP's and PASCAL-Person-Part's ``val``
 (LIP's own test split has no masks). Model selection never reads it: it scores ``val_split``
-when one is given, else a held-out ``holdout_fraction`` of the training images, else it keeps
-the weights of the last step.
+when one is given (naming the protocol's test split is refused), else a held-out
+``holdout_fraction`` of the training images, else it keeps the weights of the last step.
 
 Images are resized to the encoder's input size (the whole image, no crop; training adds a
 horizontal flip that swaps left and right part labels). Predictions are upsampled to each
 mask's own size, so mIoU is computed at the annotation's resolution from one confusion matrix
 over the whole split.
 
-Outputs under ``output_dir``: the resolved ``config.yaml``, ``checkpoints/`` and logs, the
-parsing model in ``model/`` (the encoder's folder plus ``parsing_head.safetensors`` and
-``parsing_head.json``), ``metrics.json``, ``plots/`` (overlays and per-class IoU) and
-``summary.json``.
+Outputs under ``output_dir`` (written by :func:`personvl.tasks.runner.run`): the resolved
+``config.yaml``, ``checkpoints/`` and logs, the parsing model in ``model/`` (the encoder's
+folder plus ``heads/parsing.safetensors`` and ``heads/parsing.json``), ``metrics.json``,
+``plots/`` (overlays and per-class IoU) and ``summary.json``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from personvl.config import load_config
 from personvl.errors import PersonvlError, UsageError
+from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained
 from personvl.training.optim import OptimConfig
 from personvl.training.pretrain import ModelSpec
-from personvl.training.resumable import ResumableDataLoader
-from personvl.training.task import TrainingTask
-from personvl.training.trainer import TrainerConfig, build_trainer, start_run
+from personvl.training.trainer import TrainerConfig
 
-MODEL_DIR = "model"
-SUMMARY_FILE = "summary.json"
 PLOTS_DIR = "plots"
-HEAD_WEIGHTS_FILE = "parsing_head.safetensors"
-HEAD_CONFIG_FILE = "parsing_head.json"
-BEST_WEIGHTS_FILE = "selection/best.safetensors"
 IGNORE_INDEX = 255
 
 # The split each protocol reports results on, which ``split="test"`` stands for.
@@ -58,16 +48,11 @@ PROTOCOL_TEST_SPLITS = {"lip": "val", "pascal-person-part": "val"}
 
 
 @dataclass
-class ParsingDataConfig:
+class ParsingData(TaskData):
     dataset: str = "lip"
-    root: str = ""
-    train_split: str = "train"
-    val_split: str | None = None       # model selection split; None: holdout_fraction, else the last step
-    test_split: str = "test"           # "test": the protocol's evaluation split (LIP / PASCAL-Person-Part: val)
-    holdout_fraction: float = 0.0      # training images held out for selection when val_split is None
+    val_split: str | None = "auto"     # LIP's and PASCAL-Person-Part's val is the test split: auto finds none
+    holdout_fraction: float = 0.0      # training images held out for selection when there is no val split
     batch_size: int = 16
-    workers: int = 2
-    skip_missing: bool = False
 
 
 @dataclass
@@ -78,35 +63,29 @@ class ParsingHeadConfig:
     dropout: float = 0.1
     backbone_lr_scale: float = 0.1     # the image tower's learning rate relative to the head's
     flip: bool = True                  # random horizontal flip (left/right part labels swapped)
-    select_every_n_steps: int = 100    # how often the selection split is scored (and at the end)
 
 
 @dataclass
-class ParsingEvalConfig:
+class ParsingEvaluation(EvaluationTarget):
     batch_size: int = 32
-    plot_images: int = 4               # images in the overlay plot (0: no plots)
+    plot_images: int = 4               # images in the overlay plot (0: none)
 
 
 @dataclass
 class ParsingConfig:
     output_dir: str = "runs/parsing"
-    data: ParsingDataConfig = field(default_factory=ParsingDataConfig)
+    data: ParsingData = field(default_factory=ParsingData)
     model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(every_n_steps=100))
     head: ParsingHeadConfig = field(default_factory=ParsingHeadConfig)
-    evaluation: ParsingEvalConfig = field(default_factory=ParsingEvalConfig)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.data.holdout_fraction < 1.0:
-            raise UsageError(f"data.holdout_fraction must be in [0, 1), got {self.data.holdout_fraction}")
-        test = resolve_split(self.data.dataset, self.data.test_split)
-        if self.data.val_split is not None and resolve_split(self.data.dataset, self.data.val_split) == test:
-            raise UsageError(f"data.val_split {self.data.val_split!r} is the test split of {self.data.dataset}: "
-                             f"model selection must not read it (leave val_split empty and set data.holdout_fraction)")
+    evaluation: ParsingEvaluation = field(default_factory=ParsingEvaluation)
 
 
 def load_parsing_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ParsingConfig:
+    from personvl.config import load_config
+
     return load_config(ParsingConfig, path, overrides)
 
 
@@ -130,31 +109,45 @@ def flip_permutation(part_names: Sequence[str]) -> list[int]:
     return permutation
 
 
-class ParsingModel(nn.Module):
-    """An encoder's image tower and a segmentation head: ``forward(images)`` gives class
-    scores [B, C, H, W] at the input size; :meth:`predict` gives class maps at each image's
-    own size. ``part_names[c]`` names class c (0 is the background)."""
+class ParsingHead(nn.Module):
+    """A segmentation head on an image tower's multi-scale maps, knowing its classes:
+    ``part_names[c]`` names class c (0 is the background)."""
 
-    def __init__(self, encoder, head: nn.Module, part_names: Sequence[str], head_config: dict[str, Any]):
+    def __init__(self, pyramid_channels: Sequence[int], part_names: Sequence[str], *, style: str = "upernet",
+                 width: int = 256, pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1):
+        super().__init__()
+        from personvl.models.heads import SegmentationHead
+
+        self.part_names = list(part_names)
+        self.settings = {"style": style, "width": width, "pool_scales": list(pool_scales), "dropout": dropout,
+                         "pyramid_channels": list(pyramid_channels)}
+        self.segmentation = SegmentationHead(list(pyramid_channels), len(self.part_names), style=style, width=width,
+                                             pool_scales=pool_scales, dropout=dropout)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.segmentation(maps)
+
+
+class ParsingModel(nn.Module):
+    """An encoder's image tower and a :class:`ParsingHead`: ``forward(images)`` gives class
+    scores [B, C, H, W] at the input size; :meth:`predict` gives class maps at each image's
+    own size."""
+
+    def __init__(self, encoder, head: ParsingHead):
         super().__init__()
         self.encoder = encoder
         self.head = head
-        self.part_names = list(part_names)
-        self.head_config = dict(head_config)
 
     @classmethod
     def build(cls, encoder, part_names: Sequence[str], *, style: str = "upernet", width: int = 256,
               pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1) -> "ParsingModel":
         """A new head for ``encoder`` predicting ``len(part_names)`` classes."""
-        from personvl.models.heads import SegmentationHead
-
-        head_config = {"style": style, "width": width, "pool_scales": list(pool_scales), "dropout": dropout}
-        head = SegmentationHead(encoder.visual.pyramid_channels, len(part_names), **head_config)
-        return cls(encoder, head, part_names, head_config)
+        return cls(encoder, ParsingHead(encoder.visual.pyramid_channels, part_names, style=style, width=width,
+                                        pool_scales=pool_scales, dropout=dropout))
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        return tuple(self.encoder.config.preprocess.input_size)
+    def part_names(self) -> list[str]:
+        return self.head.part_names
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         maps = self.encoder.image_features(images).maps
@@ -176,55 +169,40 @@ class ParsingModel(nn.Module):
             self.train(was_training)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """The encoder's model folder plus the head's weights and description."""
-        from safetensors.torch import save_file
-
+        """The encoder's model folder plus the head (``heads/parsing.*``)."""
         from personvl.models import save_model
+        from personvl.tasks.heads import save_head
 
         directory = save_model(self.encoder, directory)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        _write_atomically(directory / HEAD_WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
-        document = {**self.head_config, "part_names": self.part_names}
-        _write_atomically(directory / HEAD_CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(document, indent=1) + "\n"))
+        save_head(directory, TASK.name, self.head, TASK.head_settings(self.head))
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None) -> "ParsingModel":
-        """A parsing model written by :meth:`save` (``finetune``'s ``model/``)."""
-        from safetensors.torch import load_file
-
-        from personvl.models import load_model
-
-        directory = Path(directory)
-        config_path = directory / HEAD_CONFIG_FILE
-        if not config_path.is_file():
-            raise PersonvlError(f"{directory} holds no parsing head ({HEAD_CONFIG_FILE}); "
+        """A parsing model written by :meth:`save` (a fine-tuning run's ``model/``)."""
+        trained = TASK.load(directory)
+        if trained.head is None:
+            raise PersonvlError(f"{directory} holds no parsing head (heads/parsing.json); "
                                 f"give the model/ folder of a parsing fine-tuning run")
-        document = json.loads(config_path.read_text(encoding="utf-8"))
-        part_names = document.pop("part_names")
-        model = cls.build(load_model(directory), part_names, **document)
-        missing, unexpected = model.head.load_state_dict(load_file(str(directory / HEAD_WEIGHTS_FILE)), strict=False)
-        if missing or unexpected:
-            raise PersonvlError(f"{directory / HEAD_WEIGHTS_FILE} does not match its head description: "
-                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model = cls(trained.encoder, trained.head)
         if device is not None:
             model.to(device)
         return model.eval()
 
 
-def open_parsing_model(model: "ParsingModel | str | os.PathLike") -> ParsingModel:
-    return model if isinstance(model, ParsingModel) else ParsingModel.load(model)
+def open_parsing_model(model: "ParsingModel | Trained | str | os.PathLike") -> ParsingModel:
+    if isinstance(model, ParsingModel):
+        return model
+    if isinstance(model, Trained):
+        if model.head is None:
+            raise UsageError("parsing needs a parsing head: give the model/ folder of a parsing fine-tuning run")
+        return ParsingModel(model.encoder, model.head)
+    return ParsingModel.load(model)
 
 
 def _class_map(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     scores = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     return scores.argmax(0).to(torch.uint8).cpu().numpy()
-
-
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- data
@@ -283,37 +261,6 @@ def _collate_evaluation(items):
     return torch.stack([image for image, _ in items]), [mask for _, mask in items]
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``0..n-1`` per epoch, deterministic in (seed, epoch); under DDP each
-    rank takes every world-size-th index of it."""
-
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        return iter(order[self.rank::self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world_size))
-
-
-class _TrainingData(pl.LightningDataModule):
-    def __init__(self, dataset: Dataset, batch_size: int, workers: int, seed: int, collate=None):
-        super().__init__()
-        self.dataset, self.batch_size, self.workers, self.seed, self.collate = dataset, batch_size, workers, seed, collate
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        sampler = EpochShuffleSampler(len(self.dataset), self.seed, self.trainer.global_rank, self.trainer.world_size)
-        batches = BatchSampler(sampler, min(self.batch_size, len(sampler)), drop_last=True)
-        return ResumableDataLoader(self.dataset, batches, num_workers=self.workers, collate_fn=self.collate,
-                                   persistent_workers=self.workers > 0)
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -326,69 +273,24 @@ class ParsingMethod(nn.Module):
         self.backbone_lr_scale = backbone_lr_scale
         model.encoder.text.requires_grad_(False)   # parsing reads images only
 
+    @property
+    def encoder(self):
+        return self.model.encoder
+
+    @property
+    def head(self) -> ParsingHead:
+        return self.model.head
+
     def forward(self, batch: dict[str, torch.Tensor], progress: float = 0.0, step: int = 0) -> dict[str, torch.Tensor]:
         logits = self.model(batch["images"])
-        return {"loss": F.cross_entropy(logits, batch["masks"], ignore_index=IGNORE_INDEX)}
+        from personvl.objectives import pixel_cross_entropy
+
+        return {"loss": pixel_cross_entropy(logits, batch["masks"], ignore_index=IGNORE_INDEX)}
 
     def parameter_groups(self) -> list[dict]:
         return [{"name": "image_tower", "params": list(self.model.encoder.visual.parameters()),
                  "lr_scale": self.backbone_lr_scale},
                 {"name": "head", "params": list(self.model.head.parameters())}]
-
-
-def _selected_state(model: ParsingModel) -> dict[str, torch.Tensor]:
-    """What fine-tuning changes: the image tower and the head (not the idle text tower)."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
-            if k.startswith(("encoder.visual.", "head."))}
-
-
-class SelectOnValidation(pl.Callback):
-    """Scores the selection split every ``every_n_steps`` steps and at the last step, and keeps
-    the best-scoring weights in ``path`` (its score and step travel in the checkpoints)."""
-
-    def __init__(self, score: Callable[[], float], model: nn.Module, state: Callable[[nn.Module], dict],
-                 path: Path, every_n_steps: int, total_steps: int):
-        self.score, self.model, self.state, self.path = score, model, state, Path(path)
-        self.every_n_steps, self.total_steps = max(1, every_n_steps), total_steps
-        self.best_score, self.best_step, self.last_scored_step = -float("inf"), -1, -1
-        self.history: list[tuple[int, float]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self.last_scored_step or (step % self.every_n_steps and step < self.total_steps):
-            return
-        self.last_scored_step = step
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            value = float(self.score())
-        finally:
-            self.model.train(was_training)
-        self.history.append((step, value))
-        pl_module.log("val/score", value)
-        if value > self.best_score:
-            self.best_score, self.best_step = value, step
-            if trainer.is_global_zero:
-                from safetensors.torch import save_file
-
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomically(self.path, lambda tmp: save_file(self.state(self.model), str(tmp)))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_step": self.best_step, "last_scored_step": self.last_scored_step,
-                "history": [list(item) for item in self.history]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_score, self.best_step = state["best_score"], state["best_step"]
-        self.last_scored_step = state["last_scored_step"]
-        self.history = [tuple(item) for item in state.get("history", [])]
-
-    def restore_best(self) -> None:
-        from safetensors.torch import load_file
-
-        unknown = self.model.load_state_dict(load_file(str(self.path)), strict=False).unexpected_keys
-        if unknown:
-            raise PersonvlError(f"{self.path} holds weights the model does not have, e.g. {sorted(unknown)[0]}")
 
 
 def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers: int = 0,
@@ -422,13 +324,6 @@ def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers
     return matrix.metrics(), kept
 
 
-def _holdout(records: Sequence, fraction: float, seed: int) -> tuple[list, list]:
-    order = np.random.default_rng(seed).permutation(len(records))
-    count = max(1, int(round(len(records) * fraction)))
-    held = set(order[:count].tolist())
-    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
-
-
 def write_plots(model: ParsingModel, records, predictions: Sequence[np.ndarray], metrics: dict[str, Any],
                 out_dir: str | os.PathLike) -> list[Path]:
     """Overlays of the first predictions and a bar chart of the per-class IoU."""
@@ -445,107 +340,86 @@ def write_plots(model: ParsingModel, records, predictions: Sequence[np.ndarray],
     return paths
 
 
+class ParsingTask(Task):
+    name = "parsing"
+    config_type = ParsingConfig
+    metric = "mIoU"
+    reported = ("mIoU", "pixel_accuracy")
+
+    def protocol_split(self, dataset: str, split: str) -> str:
+        return resolve_split(dataset, split)
+
+    def stages(self, config: ParsingConfig, encoder, train, echo) -> list[Stage]:
+        from torchvision import transforms as T
+
+        from personvl.data.samplers import ShuffledBatches
+        from personvl.data.transforms import ToNormalizedTensor
+
+        part_names = getattr(train, "part_names", None)
+        if not part_names:
+            raise UsageError(f"{config.data.dataset} is not a parsing dataset (its records carry no part masks)")
+        head = config.head
+        model = ParsingModel.build(encoder, part_names, style=head.style, width=head.width,
+                                   pool_scales=head.pool_scales, dropout=head.dropout)
+        flip_table = np.array(flip_permutation(part_names) + [IGNORE_INDEX] * (256 - len(part_names)), dtype=np.int64)
+        preprocess = encoder.config.preprocess
+        transform = T.Compose([T.Resize(tuple(preprocess.input_size), interpolation=T.InterpolationMode.BILINEAR),
+                               ToNormalizedTensor(tuple(preprocess.mean), tuple(preprocess.std))])
+        dataset = ParsingTrainingSet(list(train), transform, tuple(preprocess.input_size),
+                                     flip_table if head.flip else None)
+        size, batch, seed = len(dataset), config.data.batch_size, config.trainer.seed
+        return [Stage("", ParsingMethod(model, head.backbone_lr_scale), dataset,
+                      lambda rank, world: ShuffledBatches(size, batch, seed=seed, rank=rank, world_size=world),
+                      config.optim, config.trainer.max_steps,
+                      describe=f"fine-tuning parsing ({config.model.name}, {head.style} head) on {size} "
+                               f"{config.data.dataset} images for {config.trainer.max_steps} steps")]
+
+    def score(self, model: Trained, records, settings: ParsingEvaluation, plots_dir: Path | None = None) -> dict[str, Any]:
+        parser = open_parsing_model(model)
+        part_names = getattr(records, "part_names", None)
+        if part_names is not None and len(part_names) != len(parser.part_names):
+            raise UsageError(f"the model predicts {len(parser.part_names)} part classes but the data has "
+                             f"{len(part_names)} ({', '.join(part_names)})")
+        keep = getattr(settings, "plot_images", 0) if plots_dir is not None else 0
+        metrics, predictions = score_records(parser, list(records), batch_size=settings.batch_size, keep=keep)
+        metrics["images"] = len(records)
+        if keep:
+            write_plots(parser, list(records), predictions, metrics, Path(plots_dir) / PLOTS_DIR)
+        return metrics
+
+    def head_settings(self, head: ParsingHead) -> dict[str, Any]:
+        return {"kind": "segmentation", **head.settings, "part_names": head.part_names}
+
+    def build_head(self, settings: dict[str, Any], encoder) -> nn.Module:
+        return ParsingHead(settings["pyramid_channels"], settings["part_names"], style=settings["style"],
+                           width=int(settings["width"]), pool_scales=settings["pool_scales"],
+                           dropout=float(settings["dropout"]))
+
+
+TASK = ParsingTask()
+
+
 def finetune(config: ParsingConfig | str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
              echo=print) -> dict[str, Any]:
     """Fine-tune a parsing model; returns the run summary (also ``output_dir/summary.json``)."""
-    from torchvision import transforms as T
+    from personvl.tasks.runner import run
 
-    from personvl.data import load_dataset
-    from personvl.data.transforms import ToNormalizedTensor
-    from personvl.evaluation import write_report
-    from personvl.models import open_model
-
-    if not isinstance(config, ParsingConfig):
-        config = load_parsing_config(config, overrides)
-    started = time.perf_counter()
-    out, checkpoint = start_run(config, resume)
-    data = config.data
-    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-
-    train = load_dataset(data.dataset, data.root, resolve_split(data.dataset, data.train_split),
-                         skip_missing=data.skip_missing)
-    part_names = train.part_names
-    if not part_names:
-        raise UsageError(f"{data.dataset} is not a parsing dataset (its records carry no part masks)")
-    train_records, selection_records, selection = list(train), [], "last step"
-    if data.val_split is not None:
-        selection_records = list(load_dataset(data.dataset, data.root, resolve_split(data.dataset, data.val_split),
-                                              skip_missing=data.skip_missing))
-        selection = f"{data.dataset} {data.val_split}"
-    elif data.holdout_fraction > 0:
-        train_records, selection_records = _holdout(train_records, data.holdout_fraction, config.trainer.seed)
-        selection = f"{len(selection_records)} held-out training images"
-    if not train_records:
-        raise PersonvlError(f"{data.dataset} at {data.root} has no {data.train_split} images")
-
-    encoder = open_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
-                         **config.model.options).train()
-    head = config.head
-    model = ParsingModel.build(encoder, part_names, style=head.style, width=head.width, pool_scales=head.pool_scales,
-                               dropout=head.dropout)
-    method = ParsingMethod(model, head.backbone_lr_scale)
-    flip_table = np.array(flip_permutation(part_names) + [IGNORE_INDEX] * (256 - len(part_names)), dtype=np.int64)
-    preprocess = encoder.config.preprocess
-    transform = T.Compose([T.Resize(tuple(preprocess.input_size), interpolation=T.InterpolationMode.BILINEAR),
-                           ToNormalizedTensor(tuple(preprocess.mean), tuple(preprocess.std))])
-    dataset = ParsingTrainingSet(train_records, transform, tuple(preprocess.input_size), flip_table if head.flip else None)
-    task = TrainingTask(method, config.optim, config.trainer.max_steps, config.trainer.max_nonfinite_in_row,
-                        seed=config.trainer.seed)
-    trainer = build_trainer(config.trainer, out)
-    selector = None
-    if selection_records:
-        selector = SelectOnValidation(
-            lambda: score_records(model, selection_records, batch_size=config.evaluation.batch_size)[0]["mIoU"],
-            model, _selected_state, out / BEST_WEIGHTS_FILE, head.select_every_n_steps, config.trainer.max_steps)
-        trainer.callbacks.insert(0, selector)   # before the checkpoint callback, so checkpoints hold its state
-    echo(f"fine-tuning parsing ({config.model.name}, {head.style} head) on {len(train_records)} {data.dataset} images "
-         f"for {config.trainer.max_steps} steps, selecting on {selection} -> {out}")
-    trainer.fit(task, datamodule=_TrainingData(dataset, data.batch_size, data.workers, config.trainer.seed),
-                ckpt_path=checkpoint)
-
-    summary: dict[str, Any] = {"task": "parsing", "dataset": data.dataset, "model": config.model.name,
-                               "weights": config.model.weights, "steps": trainer.global_step, "selection": selection}
-    if selector is not None and selector.best_step >= 0:
-        selector.restore_best()
-        summary.update(selected_step=selector.best_step, selection_mIoU=selector.best_score,
-                       selection_history=[list(item) for item in selector.history])
-    else:
-        summary["selected_step"] = trainer.global_step
-    if not trainer.is_global_zero:
-        return summary
-    model.eval()
-    model.save(out / MODEL_DIR)
-    # The test split is read here, after selection, for the first time.
-    test_split = resolve_split(data.dataset, data.test_split)
-    test = load_dataset(data.dataset, data.root, test_split, skip_missing=data.skip_missing)
-    metrics, predictions = score_records(model, list(test), batch_size=config.evaluation.batch_size,
-                                         keep=config.evaluation.plot_images)
-    metrics.update(split=test_split, images=len(test), selected_step=summary["selected_step"], selection=selection)
-    write_report(metrics, out, name=out.name, task="parsing")
-    plots = write_plots(model, list(test), predictions, metrics, out / PLOTS_DIR) if config.evaluation.plot_images else []
-    summary.update(model_dir=str(out / MODEL_DIR), metrics={k: metrics[k] for k in ("mIoU", "pixel_accuracy")},
-                   plots=[str(p) for p in plots], seconds=round(time.perf_counter() - started, 2))
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    return summary
+    return run(TASK, config, overrides, resume=resume, echo=echo)
 
 
 def evaluate(model: ParsingModel | str | os.PathLike, dataset: str, root: str | os.PathLike, *, split: str = "test",
-             batch_size: int = 32, workers: int = 0, plots_dir: str | os.PathLike | None = None,
-             plot_images: int = 4, skip_missing: bool = False) -> dict[str, Any]:
+             batch_size: int = 32, plots_dir: str | os.PathLike | None = None, plot_images: int = 4,
+             skip_missing: bool = False, dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """mIoU, pixel accuracy and per-class IoU (percent) of a parsing model (a
     :class:`ParsingModel` or the ``model/`` folder of a fine-tuning run) on one split;
     ``split="test"`` is the protocol's evaluation split. ``plots_dir``: also write the plots."""
-    from personvl.data import load_dataset
+    from personvl.tasks.runner import evaluate_saved
 
-    model = open_parsing_model(model)
-    split = resolve_split(dataset, split)
-    records = load_dataset(dataset, root, split, skip_missing=skip_missing)
-    if records.part_names is not None and len(records.part_names) != len(model.part_names):
-        raise UsageError(f"the model predicts {len(model.part_names)} part classes but {dataset} has "
-                         f"{len(records.part_names)} ({', '.join(records.part_names)})")
-    metrics, predictions = score_records(model, list(records), batch_size=batch_size, workers=workers,
-                                         keep=plot_images if plots_dir is not None else 0)
-    metrics.update(split=split, images=len(records))
-    if plots_dir is not None:
-        write_plots(model, list(records), predictions, metrics, plots_dir)
+    if isinstance(model, ParsingModel):
+        model = Trained(model.encoder, model.head)
+    metrics = evaluate_saved(TASK, model, dataset, root, split=split,
+                             settings=ParsingEvaluation(batch_size=batch_size, plot_images=plot_images),
+                             plots_dir=plots_dir,
+                             dataset_options=dataset_options, skip_missing=skip_missing)
+    metrics["split"] = resolve_split(dataset, split)
     return metrics

@@ -23,50 +23,49 @@ encoder's folder plus ``detector.safetensors`` and ``detector.json``), ``metrics
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import BatchSampler, Dataset
+from torch.utils.data import Dataset
 
-from personvl.config import load_config, save_config
 from personvl.errors import PersonvlError, UsageError
-from personvl.tasks.parsing import EpochShuffleSampler
+from personvl.tasks.reid import ReidLosses, ReidOptim
+from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained
 from personvl.training.optim import OptimConfig
 from personvl.training.pretrain import ModelSpec
-from personvl.training.resumable import ResumableDataLoader
-from personvl.training.task import TrainingTask
-from personvl.training.trainer import TrainerConfig, build_trainer, latest_checkpoint
+from personvl.training.trainer import TrainerConfig
 
-MODEL_DIR = "model"
 DETECTOR_RUN = "detector"
-REID_RUN = "reid"
 PLOTS_DIR = "plots"
-SUMMARY_FILE = "summary.json"
-DETECTOR_WEIGHTS_FILE = "detector.safetensors"
-DETECTOR_CONFIG_FILE = "detector.json"
 GROUND_TRUTH = "gt"
 DETECTORS = ("fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn")
+# CUHK-SYSU's test protocols: each query's gallery holds this many frames (TestG50 ... TestG4000).
+CUHK_SYSU_GALLERY_SIZES = (50, 100, 500, 1000, 2000, 4000)
 
 
 @dataclass
-class SearchDataConfig:
+class SearchData(TaskData):
     dataset: str = "prw"
-    root: str = ""
-    train_split: str = "train"
-    query_split: str = "query"
-    gallery_split: str = "gallery"
-    workers: int = 2
-    skip_missing: bool = False
+    val_split: str | None = "auto"     # PRW and CUHK-SYSU have none: the last step is kept
+    identities_per_batch: int = 8      # P x K batches of labelled training crops (the re-ID stage)
+    images_per_identity: int = 2
+    box_jitter: float = 0.05           # random shift of each training crop's box, in box sizes
+    transform: str = "plip"
+
+
+@dataclass
+class DetectorOptim(OptimConfig):
+    name: str = "sgd"                  # torchvision's detection recipes
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
 
 
 @dataclass
@@ -74,7 +73,8 @@ class DetectorConfig:
     name: str = "fasterrcnn_mobilenet_v3_large_fpn"   # or fasterrcnn_resnet50_fpn, or gt (ground-truth boxes)
     weights: str | None = None            # a whole detector's state dict (.pth / .safetensors)
     weights_backbone: str | None = None   # an ImageNet backbone state dict
-    train: bool = True                    # fine-tune on the training frames (trainer.max_steps steps)
+    max_steps: int = 1000                 # fine-tuning on the training frames' person boxes (0: as loaded)
+    optim: DetectorOptim = field(default_factory=DetectorOptim)
     batch_size: int = 2
     min_size: int = 800                   # frames are resized so the short side is min_size ...
     max_size: int = 1333                  # ... and the long side at most max_size
@@ -84,49 +84,51 @@ class DetectorConfig:
     detections_per_img: int = 100
     flip: bool = True
 
+    def __post_init__(self) -> None:
+        if self.name not in (*DETECTORS, GROUND_TRUTH):
+            raise UsageError(f"detector.name must be one of {', '.join((*DETECTORS, GROUND_TRUTH))}, got {self.name!r}")
 
-@dataclass
-class ReidConfig:
-    max_steps: int = 0                    # 0: use the encoder as given
-    lr: float = 3.5e-4
-    identities_per_batch: int = 8         # P
-    images_per_identity: int = 2          # K
-    id_weight: float = 1.0
-    triplet_weight: float = 1.0
-    triplet_margin: float = 0.3
-    box_jitter: float = 0.05              # random shift of each crop's box, in box sizes
+    def architecture(self) -> dict[str, Any]:
+        """What rebuilds the detector (saved beside its weights)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("weights", "weights_backbone", "max_steps", "optim")}
 
 
 @dataclass
-class SearchEvalConfig:
+class SearchEvaluation(EvaluationTarget):
     det_thresh: float = 0.5
     iou_thresh: float = 0.5
     exclude_same_camera: bool = False
-    batch_size: int = 64
+    gallery_size: int | None = None       # CUHK-SYSU: 50, 100 (its default), 500, 1000, 2000 or 4000
     plot_queries: int = 4                 # queries drawn in plots/search_results.png (0: none)
+
+    def __post_init__(self) -> None:
+        if self.gallery_size is not None:
+            if self.gallery_size not in CUHK_SYSU_GALLERY_SIZES:
+                raise UsageError(f"evaluation.gallery_size must be one of "
+                                 f"{', '.join(map(str, CUHK_SYSU_GALLERY_SIZES))}, got {self.gallery_size}")
+            self.options = {**self.options, "protocol": f"TestG{self.gallery_size}"}
 
 
 @dataclass
 class SearchConfig:
-    output_dir: str = "runs/search"
-    data: SearchDataConfig = field(default_factory=SearchDataConfig)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    optim: OptimConfig = field(default_factory=OptimConfig)         # the detector's
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)   # the detector's run; reid.max_steps for re-ID
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
-    reid: ReidConfig = field(default_factory=ReidConfig)
-    evaluation: SearchEvalConfig = field(default_factory=SearchEvalConfig)
+    """The re-ID stage is the encoder's fine-tuning (``optim``, ``trainer``, ``loss``;
+    ``trainer.max_steps: 0`` uses the encoder as given); the detector has its own section."""
 
-    def __post_init__(self) -> None:
-        if self.detector.name not in (*DETECTORS, GROUND_TRUTH):
-            raise UsageError(f"detector.name must be one of {', '.join((*DETECTORS, GROUND_TRUTH))}, "
-                             f"got {self.detector.name!r}")
-        splits = {self.data.query_split, self.data.gallery_split}
-        if self.data.train_split in splits:
-            raise UsageError(f"data.train_split {self.data.train_split!r} is a test split: training must not read it")
+    output_dir: str = "runs/search"
+    data: SearchData = field(default_factory=SearchData)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optim: ReidOptim = field(default_factory=ReidOptim)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=0))
+    loss: ReidLosses = field(default_factory=ReidLosses)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    evaluation: SearchEvaluation = field(default_factory=SearchEvaluation)
 
 
 def load_search_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> SearchConfig:
+    from personvl.config import load_config
+
     return load_config(SearchConfig, path, overrides)
 
 
@@ -153,6 +155,8 @@ def build_detector(config: DetectorConfig, echo=print) -> nn.Module:
         channels = detector.backbone.out_channels
         detector.roi_heads.box_head = TwoMLPHead(channels * resolution**2, config.representation_size)
         detector.roi_heads.box_predictor = FastRCNNPredictor(config.representation_size, 2)
+    detector.architecture = config.architecture()
+    detector.described = config.name if not config.weights else f"{config.name} ({config.weights})"
     if config.weights_backbone:
         _load_backbone(detector, config.weights_backbone)
     if config.weights:
@@ -211,22 +215,15 @@ def _load_backbone(detector: nn.Module, path: str | os.PathLike) -> None:
     body.load_state_dict(renamed)
 
 
-def save_detector(detector: nn.Module, config: DetectorConfig, directory: Path) -> None:
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
-    save_file(state, str(directory / DETECTOR_WEIGHTS_FILE))
-    described = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("weights", "weights_backbone", "train")}
-    (directory / DETECTOR_CONFIG_FILE).write_text(json.dumps(described, indent=1) + "\n", encoding="utf-8")
-
-
 def load_detector(directory: str | os.PathLike) -> nn.Module:
-    """The detector a search run saved beside its encoder (``model/``)."""
-    directory = Path(directory)
-    described = json.loads((directory / DETECTOR_CONFIG_FILE).read_text(encoding="utf-8"))
-    config = DetectorConfig(**described, weights=str(directory / DETECTOR_WEIGHTS_FILE), train=False)
-    return build_detector(config).eval()
+    """The detector saved in a model folder (a search run's ``model/``)."""
+    from personvl.tasks.heads import head_files, load_state_exactly, read_head
+
+    found = read_head(directory, TASK.name)
+    if found is None:
+        raise UsageError(f"{directory} holds no detector (heads/search.json)")
+    settings, weights = found
+    return load_state_exactly(TASK.build_head(settings, None), weights, str(head_files(directory, TASK.name)[0])).eval()
 
 
 class DetectorMethod(nn.Module):
@@ -235,6 +232,10 @@ class DetectorMethod(nn.Module):
     def __init__(self, detector: nn.Module):
         super().__init__()
         self.detector = detector
+
+    @property
+    def head(self) -> nn.Module:
+        return self.detector
 
     def forward(self, batch: dict[str, Any], progress: float = 0.0, step: int = 0) -> dict[str, torch.Tensor]:
         losses = self.detector(batch["images"], batch["targets"])
@@ -300,44 +301,8 @@ class PersonCrops(Dataset):
             shift = (torch.rand(4) * 2 - 1) * self.jitter
             w, h = x2 - x1, y2 - y1
             x1, y1, x2, y2 = x1 + shift[0] * w, y1 + shift[1] * h, x2 + shift[2] * w, y2 + shift[3] * h
-        return {"images": self.transform(crop(open_rgb_image(path), (x1, y1, x2, y2))),
-                "pids": torch.tensor(label)}
-
-
-class ReidMethod(nn.Module):
-    """Identity classification (BNNeck-style, on the encoder's image embedding) plus a
-    batch-hard triplet loss on the embedding."""
-
-    def __init__(self, encoder, num_identities: int, config: ReidConfig):
-        super().__init__()
-        self.encoder = encoder
-        self.config = config
-        encoder.text.requires_grad_(False)
-        self.neck = nn.BatchNorm1d(encoder.embed_dim)
-        self.neck.bias.requires_grad_(False)
-        self.classifier = nn.Linear(encoder.embed_dim, num_identities, bias=False)
-
-    def forward(self, batch: dict[str, torch.Tensor], progress: float = 0.0, step: int = 0) -> dict[str, torch.Tensor]:
-        from personvl.objectives.classification import batch_hard_triplet_loss, id_loss
-
-        embedding = self.encoder.visual(batch["images"])
-        identity = id_loss(self.classifier(self.neck(embedding)), batch["pids"])
-        triplet = batch_hard_triplet_loss(embedding, batch["pids"], margin=self.config.triplet_margin)
-        total = self.config.id_weight * identity + self.config.triplet_weight * triplet
-        return {"loss": total, "id": identity, "triplet": triplet}
-
-    def parameter_groups(self) -> list[dict]:
-        return [{"name": "image_tower", "params": list(self.encoder.visual.parameters())},
-                {"name": "identity_head", "params": [*self.neck.parameters(), *self.classifier.parameters()]}]
-
-
-class _Loaders(pl.LightningDataModule):
-    def __init__(self, make):
-        super().__init__()
-        self.make = make
-
-    def train_dataloader(self):
-        return self.make(self.trainer)
+        return {"image": self.transform(crop(open_rgb_image(path), (x1, y1, x2, y2))),
+                "pid": torch.tensor(label)}
 
 
 def _labelled_crops(records) -> tuple[list[tuple[str, tuple[float, ...], int]], dict[int, int]]:
@@ -512,163 +477,140 @@ def plot_search_results(inputs: SearchInputs, results: dict, path: str | os.Path
     return plot_reid_grid(query_images, gallery_images, np.array(ranked), np.array(correct), path)
 
 
-# ----------------------------------------------------------------------------- the recipe
+# ----------------------------------------------------------------------------- the task
 
 
-def _train_detector(config: SearchConfig, train_records, out: Path, resume: bool, echo) -> nn.Module:
-    detector = build_detector(config.detector, echo).train()
-    if not config.detector.train or config.trainer.max_steps <= 0:
-        return detector
-    run = out / DETECTOR_RUN
-    checkpoint = latest_checkpoint(run)
-    dataset = SceneBoxes(train_records, config.detector.flip)
-    if not len(dataset):
-        raise PersonvlError(f"{config.data.dataset} {config.data.train_split} has no frames with person boxes")
+class SearchTask(Task):
+    name = "search"
+    config_type = SearchConfig
+    metric = "mAP"
+    reported = ("mAP", "top1", "detection_AP", "detection_recall")
+    stage_folders = (DETECTOR_RUN,)
 
-    def loader(trainer):
-        sampler = EpochShuffleSampler(len(dataset), config.trainer.seed, trainer.global_rank, trainer.world_size)
-        batches = BatchSampler(sampler, min(config.detector.batch_size, len(sampler)), drop_last=True)
-        return ResumableDataLoader(dataset, batches, num_workers=config.data.workers, collate_fn=collate_scenes,
-                                   persistent_workers=config.data.workers > 0)
+    def test_splits(self, dataset: str, root: str, options: dict[str, Any]) -> set[str]:
+        return {"query", "gallery"}
 
-    task = TrainingTask(DetectorMethod(detector), config.optim, config.trainer.max_steps,
-                        config.trainer.max_nonfinite_in_row, seed=config.trainer.seed)
-    trainer = build_trainer(config.trainer, run)
-    echo(f"training the {config.detector.name} detector on {len(dataset)} {config.data.dataset} frames "
-         f"for {config.trainer.max_steps} steps -> {run}")
-    trainer.fit(task, datamodule=_Loaders(loader), ckpt_path=checkpoint if resume else None)
-    return detector
+    def inputs(self, records):
+        raise UsageError("person search is scored on a set's query and gallery splits only: it has no validation "
+                         "from training frames (leave data.val_split auto and data.holdout_fraction 0)")
+
+    def read_inputs(self, dataset: str, root: str, split: str, options: dict[str, Any], skip_missing: bool = False):
+        from personvl.data import load_dataset
+
+        if split != "test":
+            raise UsageError(f"person search is evaluated on the query and gallery splits (split='test'), got {split!r}")
+        return search_inputs(load_dataset(dataset, root, "query", skip_missing=skip_missing, **options),
+                             load_dataset(dataset, root, "gallery", skip_missing=skip_missing, **options))
+
+    def stages(self, config: SearchConfig, encoder, train, echo) -> list[Stage]:
+        from personvl.data.samplers import ShuffledBatches
+        from personvl.tasks.finetuning import identity_batches, model_transform
+        from personvl.tasks.reid import ReidMethod
+
+        stages = []
+        if config.trainer.max_steps > 0:
+            items, labels = _labelled_crops(train)
+            if len(labels) < 2:
+                raise PersonvlError(f"re-ID fine-tuning needs at least two identities in the training frames, "
+                                    f"found {len(labels)}")
+            dataset = PersonCrops(items, model_transform(encoder, config.data.transform, train=True),
+                                  config.data.box_jitter)
+            pids = [label for _, _, label in items]
+            encoder.text.requires_grad_(False)
+            stages.append(Stage("", ReidMethod(encoder, len(labels), config.loss), dataset,
+                                lambda rank, world: identity_batches(pids, config.data, config.trainer.seed, rank, world),
+                                config.optim, config.trainer.max_steps,
+                                describe=f"fine-tuning the re-ID encoder on {len(items)} crops of {len(labels)} "
+                                         f"identities for {config.trainer.max_steps} steps"))
+        if config.detector.name != GROUND_TRUTH:
+            detector = build_detector(config.detector, echo).train()
+            frames = SceneBoxes(train, config.detector.flip)
+            if config.detector.max_steps > 0 and not len(frames):
+                raise PersonvlError(f"{config.data.dataset} {config.data.train_split} has no frames with person boxes")
+            size, batch, seed = len(frames), config.detector.batch_size, config.trainer.seed
+            stages.append(Stage(DETECTOR_RUN, DetectorMethod(detector), frames,
+                                lambda rank, world: ShuffledBatches(size, batch, seed=seed, rank=rank, world_size=world),
+                                config.detector.optim, config.detector.max_steps, collate=collate_scenes,
+                                selected=False,
+                                describe=f"training the {config.detector.name} detector on {size} "
+                                         f"{config.data.dataset} frames for {config.detector.max_steps} steps"))
+        return stages
+
+    def trained(self, encoder, stages: list[Stage]) -> Trained:
+        detectors = [stage.method.detector for stage in stages if stage.name == DETECTOR_RUN]
+        return Trained(encoder, detectors[0] if detectors else None)
+
+    def score(self, model: Trained, inputs: "SearchInputs", settings: SearchEvaluation,
+              plots_dir: Path | None = None) -> dict[str, Any]:
+        metrics, results = search_metrics(model.encoder, model.head, inputs, det_thresh=settings.det_thresh,
+                                          iou_thresh=settings.iou_thresh,
+                                          exclude_same_camera=settings.exclude_same_camera,
+                                          batch_size=settings.batch_size)
+        metrics["detector"] = getattr(model.head, "described", type(model.head).__name__) if model.head is not None \
+            else "gt (ground-truth boxes)"
+        queries = getattr(settings, "plot_queries", 0)
+        if plots_dir is not None and queries:
+            plot = plot_search_results(inputs, results, Path(plots_dir) / PLOTS_DIR / "search_results.png",
+                                       queries=queries, iou_thresh=settings.iou_thresh)
+            metrics["plots"] = [str(plot)] if plot is not None else []
+        return metrics
+
+    def head_settings(self, head: nn.Module) -> dict[str, Any]:
+        return {"kind": "detector", **head.architecture}
+
+    def build_head(self, settings: dict[str, Any], encoder) -> nn.Module:
+        described = {k: v for k, v in settings.items() if k not in ("task", "kind")}
+        return build_detector(DetectorConfig(**described, max_steps=0))
 
 
-def _train_reid(config: SearchConfig, encoder, train_records, out: Path, resume: bool, echo) -> int:
-    from personvl.data.samplers import IdentitySampler
-    from personvl.data.transforms import build_transform
-
-    reid = config.reid
-    items, labels = _labelled_crops(train_records)
-    if len(labels) < 2:
-        raise PersonvlError(f"re-ID fine-tuning needs at least two identities in the training frames, found {len(labels)}")
-    preprocess = encoder.config.preprocess
-    transform = build_transform("plip", train=True, height=preprocess.input_size[0], width=preprocess.input_size[1],
-                                mean=tuple(preprocess.mean), std=tuple(preprocess.std))
-    dataset = PersonCrops(items, transform, reid.box_jitter)
-    identities = min(reid.identities_per_batch, len(labels))
-
-    def loader(trainer):
-        sampler = IdentitySampler([label for _, _, label in items], identities, reid.images_per_identity,
-                                  seed=config.trainer.seed)
-        batches = BatchSampler(sampler, identities * reid.images_per_identity, drop_last=True)
-        return ResumableDataLoader(dataset, batches, num_workers=config.data.workers,
-                                   persistent_workers=config.data.workers > 0)
-
-    method = ReidMethod(encoder.train(), len(labels), reid)
-    optim = dataclasses.replace(config.optim, lr=reid.lr)
-    task = TrainingTask(method, optim, reid.max_steps, config.trainer.max_nonfinite_in_row, seed=config.trainer.seed)
-    run = out / REID_RUN
-    trainer = build_trainer(dataclasses.replace(config.trainer, max_steps=reid.max_steps), run)
-    echo(f"fine-tuning the re-ID encoder on {len(items)} crops of {len(labels)} identities for {reid.max_steps} steps -> {run}")
-    trainer.fit(task, datamodule=_Loaders(loader), ckpt_path=latest_checkpoint(run) if resume else None)
-    return len(labels)
+TASK = SearchTask()
 
 
 def finetune(config: SearchConfig | str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
              echo=print) -> dict[str, Any]:
-    """Train the detector (unless ``detector.name: gt``) and optionally the re-ID encoder on
-    the training frames, then evaluate person search on the query and gallery splits."""
-    from personvl.data import load_dataset
-    from personvl.evaluation import write_report
-    from personvl.models import open_model, save_model
+    """Fine-tune the re-ID encoder on the training frames' labelled crops (``trainer.max_steps``)
+    and train the detector (``detector.max_steps``, unless ``detector.name: gt``), then evaluate
+    person search on the query and gallery splits."""
+    from personvl.tasks.runner import run
 
-    if not isinstance(config, SearchConfig):
-        config = load_search_config(config, overrides)
-    started = time.perf_counter()
-    out = Path(config.output_dir)
-    if (out / "config.yaml").exists() and not resume and any(
-            latest_checkpoint(out / run) for run in (DETECTOR_RUN, REID_RUN)):
-        raise PersonvlError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
-    save_config(config, out)
-    data = config.data
-    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    train = load_dataset(data.dataset, data.root, data.train_split, skip_missing=data.skip_missing)
-
-    encoder = open_model(config.model.name, config.model.weights, tokenizer=config.model.tokenizer,
-                         **config.model.options)
-    summary: dict[str, Any] = {"task": "search", "dataset": data.dataset, "model": config.model.name,
-                               "weights": config.model.weights, "detector": config.detector.name,
-                               "selection": "last step (no validation split)"}
-    if config.reid.max_steps > 0:
-        summary["reid_identities"] = _train_reid(config, encoder, train, out, resume, echo)
-        summary["reid_steps"] = config.reid.max_steps
-    encoder.eval()
-    detector = None
-    if config.detector.name != GROUND_TRUTH:
-        detector = _train_detector(config, train, out, resume, echo).eval()
-        summary["detector_steps"] = config.trainer.max_steps if config.detector.train else 0
-    model_dir = save_model(encoder, out / MODEL_DIR)
-    if detector is not None:
-        save_detector(detector, config.detector, model_dir)
-
-    # The test frames and queries are read here, after training, for the first time.
-    query = load_dataset(data.dataset, data.root, data.query_split, skip_missing=data.skip_missing)
-    gallery = load_dataset(data.dataset, data.root, data.gallery_split, skip_missing=data.skip_missing)
-    inputs = search_inputs(query, gallery)
-    evaluation = config.evaluation
-    metrics, results = search_metrics(encoder, detector, inputs, det_thresh=evaluation.det_thresh,
-                                      iou_thresh=evaluation.iou_thresh, exclude_same_camera=evaluation.exclude_same_camera,
-                                      batch_size=evaluation.batch_size)
-    metrics["detector"] = config.detector.name
-    write_report(metrics, out, name=out.name, task="search")
-    plots = []
-    if evaluation.plot_queries:
-        plot = plot_search_results(inputs, results, out / PLOTS_DIR / "search_results.png",
-                                   queries=evaluation.plot_queries, iou_thresh=evaluation.iou_thresh)
-        plots = [str(plot)] if plot is not None else []
-    summary.update(model_dir=str(model_dir), metrics={k: metrics[k] for k in ("mAP", "top1", "detection_AP",
-                                                                              "detection_recall")},
-                   plots=plots, seconds=round(time.perf_counter() - started, 2))
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    return summary
+    return run(TASK, config, overrides, resume=resume, echo=echo)
 
 
 def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test",
              detector: nn.Module | str | os.PathLike | None = None, det_thresh: float = 0.5, iou_thresh: float = 0.5,
-             exclude_same_camera: bool = False, batch_size: int = 64, plots_dir: str | os.PathLike | None = None,
-             skip_missing: bool = False, **options: Any) -> dict[str, Any]:
+             exclude_same_camera: bool = False, batch_size: int = 64, gallery_size: int | None = None,
+             plots_dir: str | os.PathLike | None = None, skip_missing: bool = False, **options: Any) -> dict[str, Any]:
     """Person-search ``mAP``, ``top1``, ``R5``, ``R10``, ``detection_AP``, ``detection_recall``
     (percent) of a re-ID encoder (a model folder, registered name or encoder) on a set's
     query and gallery splits (``split="test"``).
 
-    ``detector``: ``"gt"`` (ground-truth boxes: re-ID quality alone), a folder holding a
-    saved detector, a detector module, or None for the detector saved beside the encoder by
-    ``finetune``. ``metrics["detector"]`` says which was used. ``options`` go to the
-    dataset reader (``protocol="TestG50"`` for CUHK-SYSU).
+    ``detector``: ``"gt"`` (ground-truth boxes: re-ID quality alone), a model folder holding a
+    detector, a detector module, or None for the detector saved in ``model``'s folder.
+    ``metrics["detector"]`` says which was used. ``gallery_size``: CUHK-SYSU's protocol
+    (50 ... 4000 frames per query); ``options`` go to the dataset reader.
     """
-    from personvl.data import load_dataset
-    from personvl.models import open_model
+    from personvl.tasks.runner import evaluate_saved, open_encoder
 
     if split != "test":
         raise UsageError(f"person search is evaluated on the query and gallery splits (split='test'), got {split!r}")
-    model_dir = Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else None
-    encoder = open_model(model) if isinstance(model, (str, os.PathLike)) else model
-    used = GROUND_TRUTH
-    if detector is None:
-        if model_dir is None or not (model_dir / DETECTOR_CONFIG_FILE).is_file():
-            raise UsageError("no detector: pass detector='gt' (ground-truth boxes) or a folder holding "
-                             f"{DETECTOR_WEIGHTS_FILE} and {DETECTOR_CONFIG_FILE}")
-        detector = model_dir
-    if isinstance(detector, str) and detector == GROUND_TRUTH:
-        detector = None
-    elif isinstance(detector, (str, os.PathLike)):
-        used = f"{json.loads((Path(detector) / DETECTOR_CONFIG_FILE).read_text())['name']} ({detector})"
-        detector = load_detector(detector)
+    folder = Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else None
+    if isinstance(model, Trained):
+        trained = model
+    elif folder is not None:
+        trained = TASK.load(folder)
     else:
-        used = type(detector).__name__
-    query = load_dataset(dataset, root, "query", skip_missing=skip_missing, **options)
-    gallery = load_dataset(dataset, root, "gallery", skip_missing=skip_missing, **options)
-    inputs = search_inputs(query, gallery)
-    metrics, results = search_metrics(encoder, detector, inputs, det_thresh=det_thresh, iou_thresh=iou_thresh,
-                                      exclude_same_camera=exclude_same_camera, batch_size=batch_size)
-    metrics["detector"] = used
-    if plots_dir is not None:
-        plot_search_results(inputs, results, Path(plots_dir) / "search_results.png", iou_thresh=iou_thresh)
-    return metrics
+        trained = Trained(open_encoder(ModelSpec(str(model))) if isinstance(model, (str, os.PathLike)) else model)
+    if isinstance(detector, str) and detector == GROUND_TRUTH:
+        trained = Trained(trained.encoder)
+    elif isinstance(detector, (str, os.PathLike)):
+        trained = Trained(trained.encoder, load_detector(detector))
+    elif detector is not None:
+        trained = Trained(trained.encoder, detector)
+    elif trained.head is None:
+        raise UsageError("no detector: pass detector='gt' (ground-truth boxes) or a model folder holding one "
+                         "(heads/search.json)")
+    settings = SearchEvaluation(det_thresh=det_thresh, iou_thresh=iou_thresh, exclude_same_camera=exclude_same_camera,
+                                batch_size=batch_size, gallery_size=gallery_size, plot_queries=4 if plots_dir else 0)
+    return evaluate_saved(TASK, trained, dataset, root, split=split, settings=settings,
+                          plots_dir=plots_dir,
+                          dataset_options={**options, **settings.options}, skip_missing=skip_missing)

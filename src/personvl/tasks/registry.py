@@ -1,9 +1,10 @@
-"""Downstream task name -> the module that fine-tunes and evaluates it.
+"""Downstream task name -> the module that defines it.
 
-Each module provides a config dataclass, ``finetune(config | path, overrides=(), *,
-resume=False) -> summary`` and ``evaluate(model, dataset, root, *, split="test", **options)
--> metrics``. Modules are imported on first use, so a task's dependencies load only when it
-runs.
+Each module provides its :class:`~personvl.tasks.runner.Task` as ``TASK`` (run by
+:func:`personvl.tasks.runner.run`), and the convenience functions ``finetune(config | path,
+overrides=(), *, resume=False) -> summary`` and ``evaluate(model, dataset, root, *,
+split="test", ...) -> metrics``. Modules are imported on first use, so a task's dependencies
+load only when it runs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def task_module(task: str) -> ModuleType:
 
 def finetune_task(task: str, config: Any, overrides: Sequence[str] = (), resume: bool = False) -> dict[str, Any]:
     """Run ``task``'s recipe (a config object or a YAML path, with dotted overrides)."""
-    return task_module(task).finetune(config, overrides, resume=resume)
+    from personvl.tasks.runner import run
+
+    return run(task_module(task).TASK, config, overrides, resume=resume)
 
 
 def evaluate_task(task: str, model, dataset: str, root: str | os.PathLike, **options: Any) -> dict[str, Any]:

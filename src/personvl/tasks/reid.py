@@ -8,16 +8,17 @@ Linear probing (``mode: linear_probe``) keeps the encoder frozen and learns only
 projection of its embeddings with the same two losses.
 
 Evaluation uses the Market-1501 protocol (same identity *and* camera removed from each
-query's gallery) with cosine distance on the encoder's L2-normalised embedding (the BNNeck
-feeds the classifier only, so the saved model is an ordinary encoder), optionally
-k-reciprocal re-ranked. A config naming another dataset under ``evaluation`` measures
-domain generalisation.
+query's gallery) with cosine distance, optionally k-reciprocal re-ranked. Which feature is
+compared is ``evaluation.feature``: ``embedding`` (default), the encoder's L2-normalised
+embedding, so the saved model is an ordinary encoder usable for search and text retrieval;
+or ``bnneck``, BoT's choice, the BNNeck's output, saved as the model folder's re-ID head.
+For ResNet towers, BoT's last stride of 1 is ``model.options.last_stride: 1``. A config
+naming another dataset under ``evaluation`` measures domain generalisation.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,18 +27,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from personvl.config import load_config
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import (
-    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, ProbeConfig, SelectionConfig, check_mode, elapsed,
-    embed_records, evaluation_place, evaluation_setting, fit_probe, identity_batches, model_transform, open_encoder,
-    probe_selection, read_split, read_task_head, save_task_head, start_run, train_and_select, training_loader,
-    validation_split, write_summary,
+    embed_records, fit_probe, identity_batches, model_transform, probe_selection,
+)
+from personvl.tasks.runner import (
+    EvaluationTarget, ProbeConfig, SelectionConfig, Stage, Task, TaskData, Trained, check_mode,
 )
 from personvl.training.optim import OptimConfig
+from personvl.training.pretrain import ModelSpec
 from personvl.training.trainer import TrainerConfig
 
-TASK = "reid"
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ReidLosses:
 
 
 @dataclass
-class ReidData(FinetuneData):
+class ReidData(TaskData):
     dataset: str = "market1501"
     transform: str = "reid"
 
@@ -60,6 +60,22 @@ class ReidOptim(OptimConfig):
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     warmup_steps: int = 10
+
+
+FEATURES = ("embedding", "bnneck")
+
+
+@dataclass
+class ReidEvaluation(EvaluationTarget):
+    rerank: bool = False               # k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)
+    # Which feature a fine-tuned model is evaluated (and saved) with: the encoder's embedding
+    # (before the BNNeck, what the triplet loss shapes; the saved model stays a plain encoder)
+    # or BoT's choice, the BNNeck's output (saved as the model's re-ID head).
+    feature: str = "embedding"
+
+    def __post_init__(self) -> None:
+        if self.feature not in FEATURES:
+            raise UsageError(f"evaluation.feature must be one of {', '.join(FEATURES)}, got {self.feature!r}")
 
 
 @dataclass
@@ -73,23 +89,20 @@ class ReidConfig:
     loss: ReidLosses = field(default_factory=ReidLosses)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    evaluation: EvaluationTarget = field(default_factory=EvaluationTarget)
+    evaluation: ReidEvaluation = field(default_factory=ReidEvaluation)
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
 
 
-def load_reid_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ReidConfig:
-    return load_config(ReidConfig, path, overrides)
-
-
 class ReidMethod(nn.Module):
     """Encoder image tower + BNNeck + identity classifier; ``forward`` gives the named losses."""
 
-    def __init__(self, encoder, num_identities: int, losses: ReidLosses):
+    def __init__(self, encoder, num_identities: int, losses: ReidLosses, feature: str = "embedding"):
         super().__init__()
         self.encoder = encoder
         self.losses = losses
+        self.feature = feature
         self.bnneck = nn.BatchNorm1d(encoder.embed_dim)
         self.bnneck.bias.requires_grad_(False)   # BNNeck: no shift before the bias-free classifier
         self.classifier = nn.Linear(encoder.embed_dim, num_identities, bias=False)
@@ -150,48 +163,23 @@ def _project(features: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
         return nn.functional.normalize(head(features), dim=1)
 
 
-def _head_from(head: Any, dim: int) -> nn.Module | None:
-    """A projection module from a module, a model folder holding a re-ID head, or None."""
-    if head is None or isinstance(head, nn.Module):
-        return head
-    found = read_task_head(head, TASK)
-    if found is None:
-        raise UsageError(f"{head} holds no re-ID head")
-    module = ReidProjection(dim)
-    module.load_state_dict(found[1])
-    return module.eval()
+class BNNeckFeature(nn.Module):
+    """BoT's evaluation feature: the BNNeck (batch norm, frozen statistics) applied to the
+    encoder's embedding."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bnneck = nn.BatchNorm1d(dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.bnneck(features)
 
 
-def _query_gallery(dataset: str, root: str, split: str, **options):
-    """The query and gallery records of ``split``: "test" is the query/gallery pair of re-ID
-    sets; any other split is searched all-against-all (each image queries the others)."""
-    import personvl.data as data_module
-
-    splits = data_module.dataset_splits(dataset, root, **options)
-    if split == "test" and {"query", "gallery"} <= set(splits):
-        return (data_module.load_dataset(dataset, root, "query", **options),
-                data_module.load_dataset(dataset, root, "gallery", **options))
-    records = data_module.load_dataset(dataset, root, split, **options)
-    return records, records
-
-
-def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test", rerank: bool = False,
-             head: Any = None, batch_size: int = 64, plots_dir: str | os.PathLike | None = None,
-             dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Re-ID metrics (R1/R5/R10/mAP/mINP, CMC) of ``model`` on ``dataset``: its query/gallery
-    pair for ``split="test"``, else the split searched against itself. ``head``: a linear
-    probe's projection (module, or the model folder holding it). ``plots_dir``: write the CMC
-    curve and a ranking grid there."""
-    query, gallery = _query_gallery(dataset, str(root), split, **(dataset_options or {}))
-    projection = _head_from(head, model.embed_dim)
-    query_features = _project(embed_records(model, query, batch_size), projection)
-    gallery_features = query_features if gallery is query else _project(embed_records(model, gallery, batch_size),
-                                                                         projection)
-    metrics = reid_scores(query_features, gallery_features, query, gallery, rerank=rerank)
-    metrics.update({"dataset": dataset, "split": split, "rerank": bool(rerank)})
-    if plots_dir is not None:
-        _plot(query_features, gallery_features, query, gallery, metrics, Path(plots_dir))
-    return metrics
+def query_gallery(records_or_pair):
+    """(query, gallery): a re-ID test pair as read, or a split searched against itself."""
+    if isinstance(records_or_pair, tuple):
+        return records_or_pair
+    return records_or_pair, records_or_pair
 
 
 def _plot(query_features, gallery_features, query, gallery, metrics: dict, out: Path, shown: int = 6) -> None:
@@ -206,68 +194,114 @@ def _plot(query_features, gallery_features, query, gallery, metrics: dict, out: 
                    out / "ranking.png")
 
 
+class ReidTask(Task):
+    name = "reid"
+    config_type = ReidConfig
+    metric = "mAP"
+    reported = ("R1", "R5", "R10", "mAP", "mINP")
+    identities = True
+
+    def test_splits(self, dataset: str, root: str, options: dict[str, Any]) -> set[str]:
+        import personvl.data as data_module
+
+        splits = data_module.dataset_splits(dataset, root, **options)
+        return {"query", "gallery"} if {"query", "gallery"} <= set(splits) else {"test"}
+
+    def read_inputs(self, dataset: str, root: str, split: str, options: dict[str, Any], skip_missing: bool = False):
+        """``test``: the set's query/gallery pair (where it has one); any other split is
+        searched all-against-all (each image queries the others)."""
+        import personvl.data as data_module
+
+        if split == "test" and self.test_splits(dataset, root, options) == {"query", "gallery"}:
+            return tuple(data_module.load_dataset(dataset, root, part, skip_missing=skip_missing, **options)
+                         for part in ("query", "gallery"))
+        return data_module.load_dataset(dataset, root, split, skip_missing=skip_missing, **options)
+
+    def stages(self, config: ReidConfig, encoder, train, echo) -> list[Stage]:
+        from personvl.data.datasets import PersonImageDataset
+
+        method = ReidMethod(encoder, max(r.pid for r in train) + 1, config.loss, config.evaluation.feature)
+        dataset = PersonImageDataset(train, model_transform(encoder, config.data.transform, train=True),
+                                     seed=config.trainer.seed)
+        pids = [r.pid for r in train]
+        return [Stage("", method, dataset,
+                      lambda rank, world: identity_batches(pids, config.data, config.trainer.seed, rank, world),
+                      config.optim, config.trainer.max_steps,
+                      describe=f"fine-tuning {config.model.name} for re-ID on {len(train)} {config.data.dataset} "
+                               f"images ({len(set(pids))} identities) for {config.trainer.max_steps} steps")]
+
+    def trained(self, encoder, stages) -> Trained:
+        method = stages[-1].method
+        if method.feature != "bnneck":
+            return Trained(encoder)
+        head = BNNeckFeature(encoder.embed_dim)
+        head.bnneck.load_state_dict(method.bnneck.state_dict())
+        return Trained(encoder, head)
+
+    def probe(self, config: ReidConfig, encoder, train, val_inputs, val_name):
+        head, selection = _linear_probe(config, encoder, train, val_inputs, val_name)
+        return Trained(encoder, head), selection, config.probe.steps
+
+    def score(self, model: Trained, inputs, settings: ReidEvaluation, plots_dir: Path | None = None) -> dict[str, Any]:
+        query, gallery = query_gallery(inputs)
+        batch_size = settings.batch_size
+        # The BNNeck was trained on the raw embedding; a probe's projection on the normalised one.
+        raw = isinstance(model.head, BNNeckFeature)
+
+        def features(records) -> torch.Tensor:
+            return _project(embed_records(model.encoder, records, batch_size, normalize=not raw), model.head)
+
+        query_features = features(query)
+        gallery_features = query_features if gallery is query else features(gallery)
+        rerank = bool(getattr(settings, "rerank", False))
+        metrics = reid_scores(query_features, gallery_features, query, gallery, rerank=rerank)
+        metrics["rerank"] = rerank
+        if plots_dir is not None:
+            _plot(query_features, gallery_features, query, gallery, metrics, Path(plots_dir))
+        return metrics
+
+    def head_settings(self, head: nn.Module) -> dict[str, Any]:
+        kind = "bnneck" if isinstance(head, BNNeckFeature) else "projection"
+        return {"kind": kind, "dim": head.bnneck.num_features if kind == "bnneck" else head.projection.in_features}
+
+    def build_head(self, settings: dict[str, Any], encoder) -> nn.Module:
+        kinds = {"bnneck": BNNeckFeature, "projection": ReidProjection}
+        if settings.get("kind") not in kinds:
+            raise UsageError(f"unknown re-ID head kind {settings.get('kind')!r}")
+        return kinds[settings["kind"]](int(settings["dim"]))
+
+
+TASK = ReidTask()
+
+
+def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test", rerank: bool = False,
+             head: Any = None, batch_size: int = 64, plots_dir: str | os.PathLike | None = None,
+             dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Re-ID metrics (R1/R5/R10/mAP/mINP, CMC) of ``model`` (an encoder, a saved folder, whose
+    re-ID head is used where it holds one, or a registered name) on ``dataset``: its
+    query/gallery pair for ``split="test"``, else the split searched against itself. ``head``:
+    a re-ID head module to use instead. ``plots_dir``: write the CMC curve and a ranking grid."""
+    from personvl.tasks.runner import evaluate_saved
+
+    if head is not None:
+        model = Trained(model, head)
+    return evaluate_saved(TASK, model, dataset, root, split=split,
+                          settings=ReidEvaluation(batch_size=batch_size, rerank=rerank), plots_dir=plots_dir,
+                          dataset_options=dataset_options)
+
+
 def finetune(config: ReidConfig | str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
              echo=print) -> dict[str, Any]:
     """Train (or linearly probe) an encoder for re-ID; returns the run summary (also in
     ``output_dir/summary.json``; the final figures in ``output_dir/metrics.json``)."""
-    import lightning.pytorch as pl
+    from personvl.tasks.runner import run
 
-    from personvl.data.datasets import PersonImageDataset
-    from personvl.evaluation import write_report
-    from personvl.models import save_model
-
-    if not isinstance(config, ReidConfig):
-        config = load_reid_config(config, overrides)
-    started = time.perf_counter()
-    out, checkpoint = start_run(config, resume)
-    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    encoder = open_encoder(config.model)
-    train = read_split(config.data, config.data.train_split, relabel=True)
-    val_split = validation_split(config.data)
-    val = read_split(config.data, val_split) if val_split else None
-    metric = config.selection.metric or "mAP"
-    head = None
-    if config.mode == "finetune":
-        encoder.train()
-        method = ReidMethod(encoder, len(train.identity_mapping or {}) or len({r.pid for r in train}), config.loss)
-        dataset = PersonImageDataset(train, model_transform(encoder, config.data.transform, train=True),
-                                     seed=config.trainer.seed)
-        loader = training_loader(dataset, identity_batches([r.pid for r in train], config.data, config.trainer.seed),
-                                 config.data.workers)
-
-        def validate(trained: ReidMethod) -> dict[str, Any]:
-            features = embed_records(trained.encoder, val, config.evaluation.batch_size)
-            return reid_scores(features, features, val, val)
-
-        echo(f"fine-tuning {config.model.name} for re-ID on {len(train)} {config.data.dataset} images "
-             f"({len({r.pid for r in train})} identities) for {config.trainer.max_steps} steps -> {out}")
-        steps, selection = train_and_select(config, method, loader, out, checkpoint,
-                                            validate if val is not None else None, metric, val_split)
-        encoder = method.encoder.eval()
-    else:
-        head, steps, selection = _linear_probe(config, encoder, train, val, val_split, metric, echo)
-    save_model(encoder, out / MODEL_DIR)
-    if head is not None:
-        save_task_head(out / MODEL_DIR, TASK, head, {"kind": "projection", "dim": encoder.embed_dim})
-
-    dataset_name, root, cross = evaluation_place(config)
-    metrics = evaluate(encoder, dataset_name, root, split=config.evaluation.split, head=head,
-                       batch_size=config.evaluation.batch_size, plots_dir=out if config.evaluation.plots else None,
-                       dataset_options=config.evaluation.options, rerank=config.evaluation.rerank)
-    metrics.update(evaluation_setting(config, dataset_name, cross))
-    write_report(metrics, out, task=TASK)
-    summary = {"task": TASK, "mode": config.mode, "model": config.model.name, "steps": steps,
-               "selection": selection, "metrics": {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP")},
-               "train_dataset": config.data.dataset, "eval_dataset": dataset_name, "cross_domain": cross,
-               "model_dir": str(out / MODEL_DIR), "seconds": elapsed(started)}
-    write_summary(out, summary)
-    return summary
+    return run(TASK, config, overrides, resume=resume, echo=echo)
 
 
-def _linear_probe(config: ReidConfig, encoder, train, val, val_split: str | None, metric: str, echo):
+def _linear_probe(config: ReidConfig, encoder, train, val, val_split: str | None):
     from personvl.objectives import batch_hard_triplet_loss, id_loss
 
-    echo(f"linear probe of {config.model.name} for re-ID on {len(train)} {config.data.dataset} images")
     features = embed_records(encoder, train, config.evaluation.batch_size)
     pids = torch.tensor([r.pid for r in train])
     count = int(pids.max()) + 1
@@ -275,8 +309,7 @@ def _linear_probe(config: ReidConfig, encoder, train, val, val_split: str | None
     bnneck = nn.BatchNorm1d(encoder.embed_dim)
     classifier = nn.Linear(encoder.embed_dim, count, bias=False)
     trained = nn.ModuleDict({"projection": projection, "bnneck": bnneck, "classifier": classifier})
-    sampler = identity_batches(pids.tolist(), config.data, config.trainer.seed)
-    batches = _cycle(sampler)
+    batches = _cycle(identity_batches(pids.tolist(), config.data, config.trainer.seed))
 
     def loss_fn(module: nn.ModuleDict, index: torch.Tensor) -> torch.Tensor:
         embedded = module["projection"](features[index])
@@ -286,18 +319,20 @@ def _linear_probe(config: ReidConfig, encoder, train, val, val_split: str | None
 
     validate = None
     if val is not None:
-        val_features = embed_records(encoder, val, config.evaluation.batch_size)
+        val_query, val_gallery = query_gallery(val)
+        val_features = embed_records(encoder, val_query, config.evaluation.batch_size)
+        gallery_features = (val_features if val_gallery is val_query
+                            else embed_records(encoder, val_gallery, config.evaluation.batch_size))
 
         def validate(module: nn.ModuleDict) -> dict[str, Any]:
             projected = _project(val_features, module["projection"])
-            return reid_scores(projected, projected, val, val)
+            gallery = projected if val_gallery is val_query else _project(gallery_features, module["projection"])
+            return reid_scores(projected, gallery, val_query, val_gallery)
 
+    metric = config.selection.metric or TASK.metric
     history, kept = fit_probe(trained, loss_fn, batches, config.probe, validate, metric,
                               config.selection.every_n_steps, seed=config.trainer.seed)
-    selection = probe_selection(history, kept, val_split if validate is not None else None, metric)
-    return projection.eval(), config.probe.steps, selection
-
-
+    return projection.eval(), probe_selection(history, kept, val_split if validate is not None else None, metric)
 def _cycle(batch_sampler):
     """step -> index tensor of the next P x K batch, over as many epochs as needed."""
     state = {"epoch": 0, "iterator": None}

@@ -30,22 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from personvl.config import load_config
 from personvl.errors import UsageError
-from personvl.tasks.finetuning import (
-    MODEL_DIR, EvaluationTarget, FinetuneData, ModelSpec, SelectionConfig, elapsed, evaluation_place, evaluation_setting,
-    identity_batches, model_transform, open_encoder, read_split, start_run, train_and_select, training_loader,
-    validation_split, write_summary,
-)
+from personvl.tasks.finetuning import identity_batches, model_transform
+from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained
 from personvl.training.optim import OptimConfig
+from personvl.training.pretrain import ModelSpec
 from personvl.training.trainer import TrainerConfig
 
-TASK = "t2i"
 OBJECTIVES = ("irra", "unipt")
 
 
 @dataclass
-class TextToImageData(FinetuneData):
+class TextToImageData(TaskData):
     dataset: str = "cuhk-pedes"
     identities_per_batch: int = 16
     images_per_identity: int = 2
@@ -69,6 +65,7 @@ class TextToImageLosses:
     label_smoothing: float = 0.0
     irr_weight: float = 0.0            # IRRA: 1.0 (masked tokens predicted with the image's help)
     irr_mask_ratio: float = 0.15
+    irr_layers: int = 4                # transformer layers after IRR's cross-attention (IRRA: 4)
     ranking_weight: float = 1.0
     margin: float = 0.2
     text_lr_scale: float = 1.0
@@ -91,29 +88,6 @@ class TextToImageConfig:
     evaluation: EvaluationTarget = field(default_factory=EvaluationTarget)
 
 
-def load_text_to_image_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TextToImageConfig:
-    return load_config(TextToImageConfig, path, overrides)
-
-
-def ranking_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, pids: torch.Tensor,
-                 margin: float = 0.2) -> torch.Tensor:
-    """Bidirectional triplet ranking on cosine similarity: each image against its hardest
-    non-matching caption and each caption against its hardest non-matching image, relative to
-    the least similar matching pair."""
-    similarity = F.normalize(image_embeddings, dim=1) @ F.normalize(text_embeddings, dim=1).t()
-    same = pids.view(-1, 1) == pids.view(1, -1)
-    hardest_positive_i2t = similarity.masked_fill(~same, float("inf")).min(dim=1).values
-    hardest_negative_i2t = similarity.masked_fill(same, float("-inf")).max(dim=1).values
-    hardest_positive_t2i = similarity.masked_fill(~same, float("inf")).min(dim=0).values
-    hardest_negative_t2i = similarity.masked_fill(same, float("-inf")).max(dim=0).values
-    valid = (~same).any(dim=1)
-    if not valid.any():
-        return similarity.sum() * 0.0
-    image_side = F.relu(margin + hardest_negative_i2t - hardest_positive_i2t)[valid]
-    text_side = F.relu(margin + hardest_negative_t2i - hardest_positive_t2i)[valid]
-    return image_side.mean() + text_side.mean()
-
-
 class TextToImageMethod(nn.Module):
     """Dual encoder + an identity classifier shared by images and captions."""
 
@@ -126,7 +100,7 @@ class TextToImageMethod(nn.Module):
         nn.init.zeros_(self.classifier.bias)
         self.irr_head = None
         if losses.objective == "irra" and losses.irr_weight:
-            self.irr_head = _relation_head(encoder)
+            self.irr_head = _relation_head(encoder, losses.irr_layers)
             # Which ids IRR may mask, and which may replace a masked token: fixed by the tokenizer.
             tokenizer = encoder.tokenizer
             self._special_ids = torch.tensor(tokenizer.special_token_ids, dtype=torch.long)
@@ -136,7 +110,7 @@ class TextToImageMethod(nn.Module):
 
     def forward(self, batch: dict, progress: float = 0.0, step: int = 0) -> dict[str, torch.Tensor]:
         from personvl.models import TokenBatch
-        from personvl.objectives import id_loss, sdm_loss
+        from personvl.objectives import id_loss, ranking_loss, sdm_loss
 
         cfg = self.losses
         pids = batch["pid"]
@@ -189,7 +163,7 @@ class TextToImageMethod(nn.Module):
                 {"params": heads, "lr_scale": self.losses.head_lr_scale, "name": "heads"}]
 
 
-def _relation_head(encoder):
+def _relation_head(encoder, layers: int):
     """IRR's fusion and vocabulary head, sized from the encoder's text width and last map."""
     from personvl.methods.base import attention_heads
     from personvl.models.heads import MaskedTokenPredictor
@@ -222,72 +196,70 @@ def retrieval_scores(model, records, batch_size: int = 64) -> dict[str, Any]:
     return retrieval_metrics(texts, images, caption_pids, image_pids)
 
 
-def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test", batch_size: int = 64,
-             plots_dir: str | os.PathLike | None = None, dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Text-to-image metrics (R1/R5/R10/mAP/mINP, CMC) of ``model`` on a split of ``dataset``.
-    ``plots_dir``: write the CMC curve and a grid of ranked images per caption there."""
-    import personvl.data as data_module
-    from personvl.evaluation import retrieval_metrics
+def plot_rankings(texts, images, captions, caption_pids, image_pids, records, out: Path) -> None:
+    """The CMC curve and a grid of the images ranked first for the first captions."""
+    from personvl.evaluation import plot_cmc, plot_retrieval_grid, ranked_gallery, retrieval_metrics
 
-    records = data_module.load_dataset(dataset, root, split, **(dataset_options or {}))
-    captions, texts, caption_pids, images, image_pids = _features(model, records, batch_size)
-    metrics = retrieval_metrics(texts, images, caption_pids, image_pids)
-    metrics.update({"dataset": dataset, "split": split, "captions": len(captions), "images": len(records)})
-    if plots_dir is not None:
-        from personvl.evaluation import plot_cmc, plot_retrieval_grid, ranked_gallery
+    plot_cmc(retrieval_metrics(texts, images, caption_pids, image_pids)["cmc"], out / "cmc.png",
+             title="CMC (text-to-image)")
+    shown = min(4, len(captions))
+    ranked, correct = ranked_gallery(texts[:shown], images, caption_pids[:shown], image_pids, k=min(6, len(records)))
+    plot_retrieval_grid(captions[:shown], [r.image_path for r in records], ranked, correct, out / "ranking.png")
 
-        out = Path(plots_dir)
-        plot_cmc(metrics["cmc"], out / "cmc.png", title="CMC (text-to-image)")
-        shown = min(4, len(captions))
-        ranked, correct = ranked_gallery(texts[:shown], images, caption_pids[:shown], image_pids, k=min(6, len(records)))
-        plot_retrieval_grid(captions[:shown], [r.image_path for r in records], ranked, correct, out / "ranking.png")
-    return metrics
+
+class TextToImageTask(Task):
+    name = "t2i"
+    config_type = TextToImageConfig
+    metric = "R1"
+    reported = ("R1", "R5", "R10", "mAP", "mINP")
+    identities = True
+
+    def stages(self, config: TextToImageConfig, encoder, train, echo) -> list[Stage]:
+        from personvl.data.datasets import PersonImageDataset
+        from personvl.training.pretrain import CaptionTokenizer, collate_pretraining
+
+        method = TextToImageMethod(encoder, max(r.pid for r in train) + 1, config.loss)
+        dataset = PersonImageDataset(train, model_transform(encoder, config.data.transform, train=True),
+                                     CaptionTokenizer(encoder.tokenizer), seed=config.trainer.seed)
+        pids = [r.pid for r in train]
+        return [Stage("", method, dataset,
+                      lambda rank, world: identity_batches(pids, config.data, config.trainer.seed, rank, world),
+                      config.optim, config.trainer.max_steps, collate=collate_pretraining,
+                      describe=f"fine-tuning {config.model.name} for text-to-image retrieval ({config.loss.objective}) "
+                               f"on {len(train)} {config.data.dataset} images for {config.trainer.max_steps} steps")]
+
+    def trained(self, encoder, stages) -> Trained:
+        return Trained(encoder)   # the identity classifier and IRR head serve training only
+
+    def score(self, model: Trained, records, settings: EvaluationTarget, plots_dir: Path | None = None) -> dict[str, Any]:
+        from personvl.evaluation import retrieval_metrics
+
+        captions, texts, caption_pids, images, image_pids = _features(model.encoder, records, settings.batch_size)
+        metrics = retrieval_metrics(texts, images, caption_pids, image_pids)
+        metrics.update({"captions": len(captions), "images": len(records)})
+        if plots_dir is not None:
+            plot_rankings(texts, images, captions, caption_pids, image_pids, records, Path(plots_dir))
+        return metrics
+
+
+TASK = TextToImageTask()
 
 
 def finetune(config: TextToImageConfig | str | os.PathLike, overrides: Sequence[str] = (), *, resume: bool = False,
              echo=print) -> dict[str, Any]:
     """Fine-tune a dual encoder for text-to-image retrieval; returns the run summary (also in
     ``output_dir/summary.json``; the test figures in ``output_dir/metrics.json``)."""
-    import lightning.pytorch as pl
+    from personvl.tasks.runner import run
 
-    from personvl.data.datasets import PersonImageDataset
-    from personvl.evaluation import write_report
-    from personvl.models import save_model
-    from personvl.training.pretrain import CaptionTokenizer, collate_pretraining
+    return run(TASK, config, overrides, resume=resume, echo=echo)
 
-    if not isinstance(config, TextToImageConfig):
-        config = load_text_to_image_config(config, overrides)
-    started = time.perf_counter()
-    out, checkpoint = start_run(config, resume)
-    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    encoder = open_encoder(config.model).train()
-    train = read_split(config.data, config.data.train_split, relabel=True)
-    val_split = validation_split(config.data)
-    val = read_split(config.data, val_split) if val_split else None
-    method = TextToImageMethod(encoder, len({r.pid for r in train}), config.loss)
-    dataset = PersonImageDataset(train, model_transform(encoder, config.data.transform, train=True),
-                                 CaptionTokenizer(encoder.tokenizer), seed=config.trainer.seed)
-    loader = training_loader(dataset, identity_batches([r.pid for r in train], config.data, config.trainer.seed),
-                             config.data.workers, collate_pretraining)
 
-    def validate(trained: TextToImageMethod) -> dict[str, Any]:
-        return retrieval_scores(trained.encoder, val, config.evaluation.batch_size)
+def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test", batch_size: int = 64,
+             plots_dir: str | os.PathLike | None = None, dataset_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Text-to-image metrics (R1/R5/R10/mAP/mINP, CMC) of ``model`` (an encoder, a saved folder
+    or a registered name) on a split of ``dataset``: every caption queries every image.
+    ``plots_dir``: write the CMC curve and a grid of ranked images per caption there."""
+    from personvl.tasks.runner import evaluate_saved
 
-    echo(f"fine-tuning {config.model.name} for text-to-image retrieval ({config.loss.objective}) on {len(train)} "
-         f"{config.data.dataset} images for {config.trainer.max_steps} steps -> {out}")
-    steps, selection = train_and_select(config, method, loader, out, checkpoint, validate if val is not None else None,
-                                        config.selection.metric or "R1", val_split)
-    encoder = method.encoder.eval()
-    save_model(encoder, out / MODEL_DIR)
-    dataset_name, root, cross = evaluation_place(config)
-    metrics = evaluate(encoder, dataset_name, root, split=config.evaluation.split,
-                       batch_size=config.evaluation.batch_size, plots_dir=out if config.evaluation.plots else None,
-                       dataset_options=config.evaluation.options)
-    metrics.update(evaluation_setting(config, dataset_name, cross))
-    write_report(metrics, out, task=TASK)
-    summary = {"task": TASK, "objective": config.loss.objective, "model": config.model.name, "steps": steps,
-               "selection": selection, "metrics": {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP")},
-               "train_dataset": config.data.dataset, "eval_dataset": dataset_name, "cross_domain": cross,
-               "model_dir": str(out / MODEL_DIR), "seconds": elapsed(started)}
-    write_summary(out, summary)
-    return summary
+    return evaluate_saved(TASK, model, dataset, root, split=split, settings=EvaluationTarget(batch_size=batch_size),
+                          plots_dir=plots_dir, dataset_options=dataset_options)
