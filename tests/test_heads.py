@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from personvl.models.heads import ColorizationDecoder, MaskedTokenPredictor
+from personvl.models.heads import ColorizationDecoder, CrossModalTokenPredictor, MaskedTokenPredictor
 
 
 def test_colorization_decoder_restores_the_input_resolution_and_uses_the_text():
@@ -16,22 +17,24 @@ def test_colorization_decoder_restores_the_input_resolution_and_uses_the_text():
     assert not torch.allclose(out, other)   # the caption gates the channels
 
 
-def test_masked_token_predictor_attends_to_the_image():
+@pytest.mark.parametrize("predictor", [MaskedTokenPredictor, CrossModalTokenPredictor])
+def test_masked_token_predictor_attends_to_the_image(predictor):
     torch.manual_seed(0)
-    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4)
+    head = predictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4)
     states = torch.randn(3, 7, 16)
     image = torch.randn(3, 24)
     last_map = torch.randn(3, 10, 4, 2)
     logits = head(states, image, last_map)
     assert logits.shape == (3, 7, 50)
     assert not torch.allclose(logits, head(states, torch.randn(3, 24), last_map))
-    plain = MaskedTokenPredictor(text_dim=16, vocab_size=50)
+    plain = predictor(text_dim=16, vocab_size=50)
     assert plain(states).shape == (3, 7, 50)
 
 
-def test_masked_token_predictor_attends_over_every_token_of_the_map():
+@pytest.mark.parametrize("predictor", [MaskedTokenPredictor, CrossModalTokenPredictor])
+def test_masked_token_predictor_attends_over_every_token_of_the_map(predictor):
     torch.manual_seed(0)
-    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4).eval()
+    head = predictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4).eval()
     states, image = torch.randn(2, 5, 16), torch.randn(2, 24)
     last_map = torch.randn(2, 10, 3, 2)
     base = head(states, image, last_map)
@@ -57,7 +60,7 @@ def _relation_inputs(batch=2, length=6, text_dim=16, image_dim=24, channels=10, 
 
 def test_relation_head_fuses_at_its_own_width_and_predicts_every_position():
     torch.manual_seed(0)
-    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, width=32)
+    head = CrossModalTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, width=32)
     assert len(head.blocks) == 4                       # IRRA's depth by default
     assert head.cross_attention.embed_dim == 32 and head.blocks[0].self_attn.embed_dim == 32
     states, image, last_map = _relation_inputs()
@@ -65,12 +68,12 @@ def test_relation_head_fuses_at_its_own_width_and_predicts_every_position():
     assert head(states, image, last_map, attention_mask=mask).shape == (2, 6, 50)
     assert head(states, image, last_map).shape == (2, 6, 50)
     # IRRA's heads are 64 wide.
-    assert MaskedTokenPredictor(16, 50, 24, 10, width=128).blocks[0].self_attn.num_heads == 2
+    assert CrossModalTokenPredictor(16, 50, 24, 10, width=128).blocks[0].self_attn.num_heads == 2
 
 
 def test_relation_head_without_layers_is_cross_attention_and_the_mlm_head():
     torch.manual_seed(0)
-    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
+    head = CrossModalTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
                                 layers=0).eval()
     assert len(head.blocks) == 0
     states, image, last_map = _relation_inputs()
@@ -89,7 +92,7 @@ def test_relation_head_without_layers_is_cross_attention_and_the_mlm_head():
 
 def test_relation_head_reads_the_image():
     torch.manual_seed(0)
-    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
+    head = CrossModalTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
                                 layers=2).eval()
     states, image, last_map = _relation_inputs()
     base = head(states, image, last_map)
@@ -99,7 +102,7 @@ def test_relation_head_reads_the_image():
 
 def test_relation_head_ignores_padded_text_positions_given_the_mask():
     torch.manual_seed(0)
-    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
+    head = CrossModalTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
                                 layers=2).eval()
     states, image, last_map = _relation_inputs()
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
@@ -114,7 +117,7 @@ def test_relation_head_ignores_padded_text_positions_given_the_mask():
 
 def test_each_relation_layer_is_one_transformer_block_at_the_common_width():
     def size(layers):
-        head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
+        head = CrossModalTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4,
                                     layers=layers, width=32)
         return sum(p.numel() for p in head.parameters())
 
@@ -126,7 +129,7 @@ def test_each_relation_layer_is_one_transformer_block_at_the_common_width():
 
 def test_relation_head_passes_gradient_to_the_image_map_and_the_text():
     torch.manual_seed(0)
-    head = MaskedTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4, layers=2)
+    head = CrossModalTokenPredictor(text_dim=16, vocab_size=50, image_dim=24, map_channels=10, heads=4, layers=2)
     states, image, last_map = _relation_inputs()
     states.requires_grad_(True)
     last_map.requires_grad_(True)
@@ -138,7 +141,7 @@ def test_relation_head_passes_gradient_to_the_image_map_and_the_text():
 def test_relation_head_is_initialised_like_irra():
     torch.manual_seed(0)
     width, layers = 256, 4
-    head = MaskedTokenPredictor(text_dim=width, vocab_size=300, image_dim=24, map_channels=10, layers=layers)
+    head = CrossModalTokenPredictor(text_dim=width, vocab_size=300, image_dim=24, map_channels=10, layers=layers)
     attention_std, hidden_std = width ** -0.5, (2 * width) ** -0.5
     residual_std = attention_std * (2 * layers) ** -0.5
     expected = {"blocks.0.self_attn.in_proj_weight": attention_std,

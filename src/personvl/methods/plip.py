@@ -80,11 +80,9 @@ class PLIPMethod(nn.Module):
         self.decoder = ColorizationDecoder(channels, text_dim=encoder.embed_dim, width=config.decoder_width,
                                            gate_hidden=max(16, config.decoder_width // 2))
         tokenizer = encoder.tokenizer
-        # IAP's single attention block, no transformer layers after it: each masked position is
-        # predicted from its own state and the image, which lets forward run the masked ones only.
         self.iap_head = MaskedTokenPredictor(text_dim=encoder.text.width, vocab_size=tokenizer.vocab_size,
                                              image_dim=encoder.embed_dim, map_channels=channels[-1],
-                                             heads=attention_heads(encoder.text.width), layers=0)
+                                             heads=attention_heads(encoder.text.width))
         self.attribute_matcher = None
         if config.iap_weight and config.iap_units == "phrases":
             from personvl.captioning.vocabulary import load_vocabulary

@@ -42,7 +42,7 @@ class UniPTMethod(nn.Module):
             text_dim=encoder.text.width, vocab_size=encoder.tokenizer.vocab_size,
             image_dim=encoder.embed_dim if conditioned else None,
             map_channels=encoder.visual.pyramid_channels[-1] if conditioned else None,
-            heads=attention_heads(encoder.text.width), layers=0)   # BERT's MLM head, no fusion layers
+            heads=attention_heads(encoder.text.width))
         if config.mlm_weight:
             # A masked word is replaced by any ordinary token 10% of the time, never by a special one.
             tokenizer = encoder.tokenizer

@@ -6,9 +6,9 @@ batches. Two objectives:
 - ``irra`` (IRRA-style): similarity distribution matching (SDM) at a fixed temperature plus
   the identity loss of a classifier shared by both modalities, and, with ``loss.irr_weight``,
   implicit relation reasoning (IRR): 15% of the caption's tokens are masked BERT-style and
-  predicted from the masked caption's token states after they attend to the image's last
-  feature map and embedding (one cross-attention layer, where IRRA stacks a four-layer
-  transformer after it);
+  predicted by IRRA's cross-modal transformer: the masked caption's token states attend to
+  the image's last feature map and embedding, then ``loss.irr_layers`` transformer layers
+  (IRRA: 4) run over them before the vocabulary head;
 - ``unipt`` (UniPT / LGUR-style): the identity loss plus a bidirectional ranking loss with the
   hardest negative of the batch and margin 0.2.
 
@@ -152,7 +152,8 @@ class TextToImageMethod(nn.Module):
                                            self.encoder.tokenizer.mask_token_id, self._replacement_ids, generator)
         device = tokens.input_ids.device
         states = self.encoder.text_features(TokenBatch(masked.to(device), tokens.attention_mask)).tokens
-        logits = self.irr_head(states, image_features.embedding, image_features.maps[-1])
+        logits = self.irr_head(states, image_features.embedding, image_features.maps[-1],
+                               attention_mask=tokens.attention_mask)
         return masked_token_loss(logits, labels.to(device))
 
     def parameter_groups(self) -> list[dict]:
@@ -164,13 +165,13 @@ class TextToImageMethod(nn.Module):
 
 
 def _relation_head(encoder, layers: int):
-    """IRR's fusion and vocabulary head, sized from the encoder's text width and last map."""
-    from personvl.methods.base import attention_heads
-    from personvl.models.heads import MaskedTokenPredictor
+    """IRR's cross-modal transformer and vocabulary head (IRRA), at the text tower's width,
+    reading the image's last feature map and embedding."""
+    from personvl.models.heads import CrossModalTokenPredictor
 
-    return MaskedTokenPredictor(text_dim=encoder.text.width, vocab_size=encoder.tokenizer.vocab_size,
-                                image_dim=encoder.embed_dim, map_channels=encoder.visual.pyramid_channels[-1],
-                                heads=attention_heads(encoder.text.width))
+    return CrossModalTokenPredictor(text_dim=encoder.text.width, vocab_size=encoder.tokenizer.vocab_size,
+                                    image_dim=encoder.embed_dim, map_channels=encoder.visual.pyramid_channels[-1],
+                                    layers=layers)
 
 
 def _features(model, records, batch_size: int):

@@ -2,7 +2,7 @@
 segmentation (human parsing)."""
 
 from personvl.models.heads.colorization import ColorizationDecoder
-from personvl.models.heads.masked_tokens import MaskedTokenPredictor
+from personvl.models.heads.masked_tokens import CrossModalTokenPredictor, MaskedTokenPredictor
 from personvl.models.heads.segmentation import SegmentationHead
 
-__all__ = ["ColorizationDecoder", "MaskedTokenPredictor", "SegmentationHead"]
+__all__ = ["ColorizationDecoder", "CrossModalTokenPredictor", "MaskedTokenPredictor", "SegmentationHead"]
