@@ -64,8 +64,10 @@ def test_lip_parsing_beats_the_majority_class(small_world, tmp_path):
     assert report["task"] == "parsing" and metrics["split"] == "val"
     # Background everywhere scores about 6.5 mIoU here; the tiny model about 18 after 150 steps.
     assert metrics["mIoU"] >= chance + 7 and metrics["mIoU"] >= 2 * chance, (metrics["mIoU"], chance)
-    assert summary["selection"].endswith("held-out training images")
-    assert summary["selected_step"] in [step for step, _ in summary["selection_history"]]
+    selection = summary["selection"]
+    assert selection["split"] == "holdout 0.1 of train" and selection["metric"] == "mIoU"
+    assert selection["kept_step"] == max(selection["history"], key=lambda h: h["mIoU"])["step"]
+    assert [h["step"] for h in selection["history"]] == [50, 100, 150]
     assert (out / "plots" / "parsing_overlays.png").stat().st_size > 0
     assert (out / "plots" / "per_class_iou.png").stat().st_size > 0
     assert (out / "checkpoints" / "last.ckpt").exists()
@@ -96,26 +98,27 @@ def pascal_person_part_from(lip_root, out):
 
 def test_pascal_person_part_and_the_test_split_is_read_last(small_world, tmp_path, monkeypatch):
     import personvl.data
+    import personvl.models
 
     world, _ = small_world
     root = pascal_person_part_from(world / "lip", tmp_path / "ppp")
     reads, before_saving = [], []
     real_load = personvl.data.load_dataset
-    real_save = ParsingModel.save
+    real_save = personvl.models.save_model
 
     def recording(name, path, split=None, **kwargs):
         reads.append(split)
         return real_load(name, path, split, **kwargs)
 
-    def saving(self, directory):
+    def saving(*args, **kwargs):
         before_saving.append(list(reads))
-        return real_save(self, directory)
+        return real_save(*args, **kwargs)
 
     monkeypatch.setattr(personvl.data, "load_dataset", recording)
-    monkeypatch.setattr(ParsingModel, "save", saving)
+    monkeypatch.setattr(personvl.models, "save_model", saving)
     out = tmp_path / "run"
     finetune(CONFIG, [f"data.root={root}", "data.dataset=pascal-person-part", f"output_dir={out}",
-                      "trainer.max_steps=100", "head.style=fpn", "head.select_every_n_steps=50", *QUIET],
+                      "trainer.max_steps=100", "head.style=fpn", "selection.every_n_steps=50", *QUIET],
              echo=lambda *a: None)
     # Selection ran on held-out training images; PASCAL-Person-Part's val (its test) came after.
     assert before_saving == [["train"]] and reads == ["train", "val"]
@@ -126,9 +129,7 @@ def test_pascal_person_part_and_the_test_split_is_read_last(small_world, tmp_pat
     assert metrics["mIoU"] >= chance + 10, (metrics["mIoU"], chance)
 
 
-def test_selection_never_uses_the_test_split():
-    with pytest.raises(UsageError, match="is the test split of lip"):
-        load_parsing_config(CONFIG, ["data.val_split=val"])
+def test_parsing_configs_and_protocol_splits():
     with pytest.raises(UsageError, match="holdout_fraction must be in"):
         load_parsing_config(CONFIG, ["data.holdout_fraction=1.5"])
     assert parsing.resolve_split("lip", "test") == "val" and parsing.resolve_split("lip", "train") == "train"

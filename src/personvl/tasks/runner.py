@@ -540,7 +540,7 @@ def run(task: str | Task, config: Any, overrides: Sequence[str] = (), *, resume:
     target = config.evaluation
     inputs = task.read_inputs(dataset, root, target.split, target.options, config.data.skip_missing)
     metrics = task.score(trained, inputs, target, out if target.plots else None)
-    metrics.update({"dataset": dataset, "split": target.split, "train_dataset": config.data.dataset,
+    metrics.update({"dataset": dataset, "split": task.protocol_split(dataset, target.split), "train_dataset": config.data.dataset,
                     "eval_dataset": dataset, "setting": (f"domain generalisation: trained on {config.data.dataset}, "
                                                          f"tested on {dataset}" if cross
                                                          else f"trained and tested on {dataset}")})
@@ -569,7 +569,7 @@ def evaluate_saved(task: str | Task, model, dataset: str, root: str | os.PathLik
         settings = task.config_type().evaluation
     inputs = task.read_inputs(dataset, str(root), split, dataset_options or {}, skip_missing)
     metrics = task.score(model, inputs, settings, Path(plots_dir) if plots_dir is not None else None)
-    metrics.update({"dataset": dataset, "split": split})
+    metrics.update({"dataset": dataset, "split": task.protocol_split(dataset, split)})
     return metrics
 
 
