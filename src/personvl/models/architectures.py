@@ -70,9 +70,15 @@ def _vit(tiny: bool, image_size, output_dim: int, patch_stride: int, pool: str, 
                 **widths, output_dim=output_dim, pool=pool, quick_gelu=quick_gelu)
 
 
+def _last_stride(last_stride: int) -> int:
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 (BoT's re-ID setting) or 2, got {last_stride}")
+    return int(last_stride)
+
+
 def plip_rn50(tiny: bool, *, image_size: Sequence[int] | None = None, frozen_text_layers: int | None = None,
               text_length: int = 64, text_pooling: str = "pooler", image_width: int | None = None,
-              text_width: int | None = None, text_dropout: float | None = None) -> ModelConfig:
+              text_width: int | None = None, text_dropout: float | None = None, last_stride: int = 2) -> ModelConfig:
     """PLIP: CLIP's ModifiedResNet-50 with an 8-head attention pool to 768-d at 256x128, and
     BERT-base whose pooler output is the text embedding (layers 0-7 frozen).
 
@@ -81,7 +87,9 @@ def plip_rn50(tiny: bool, *, image_size: Sequence[int] | None = None, frozen_tex
     initialised small BERT learns far sooner with ``max`` pooling and no frozen layers: its
     [CLS] pooler gives nearly the same embedding to every caption for hundreds of steps.
     ``text_dropout`` replaces BERT's dropout probability (0.1) on hidden states and attention:
-    a small model trained from scratch for minutes underfits, and dropout slows it further."""
+    a small model trained from scratch for minutes underfits, and dropout slows it further.
+    ``last_stride=1`` (BoT) keeps the last ResNet stage at stride 16, here and in the other
+    ResNet families: same weights, a 16x8 final grid at 256x128."""
     size = _size(image_size, (128, 64) if tiny else (256, 128))
     bert = _tiny_bert() if tiny else BERT_BASE
     if text_width is not None:
@@ -95,7 +103,7 @@ def plip_rn50(tiny: bool, *, image_size: Sequence[int] | None = None, frozen_tex
     if base_width < 2 or base_width % 2:
         raise ValueError(f"image_width must be an even number of at least 2, got {base_width}")
     image = dict(type="modified_resnet", layers=(1, 1, 1, 1) if tiny else (3, 4, 6, 3), width=base_width,
-                 heads=2 if tiny else 8, output_dim=width, image_size=size)
+                 heads=2 if tiny else 8, output_dim=width, image_size=size, last_stride=_last_stride(last_stride))
     frozen = (1 if tiny else 8) if frozen_text_layers is None else frozen_text_layers
     text = dict(type="bert", bert=bert, pooling=text_pooling, output_dim=None, frozen_layers=frozen)
     return ModelConfig("", width, image, text, PreprocessConfig(size, PLIP_MEAN, PLIP_STD),
@@ -120,13 +128,14 @@ def plip_swinb(tiny: bool, *, image_size: Sequence[int] | None = None, frozen_te
                        _bert_tokenizer(tiny, text_length))
 
 
-def clip_rn50(tiny: bool, *, image_size: Sequence[int] | int | None = None, quick_gelu: bool = False) -> ModelConfig:
+def clip_rn50(tiny: bool, *, image_size: Sequence[int] | int | None = None, quick_gelu: bool = False,
+              last_stride: int = 2) -> ModelConfig:
     """CLIP RN50 exactly as open_clip builds ``RN50`` (``RN50-quickgelu`` with quick_gelu=True)."""
     size = _size(image_size, (64, 64) if tiny else (224, 224))
     dim = 64 if tiny else 1024
     width = 8 if tiny else 64
     image = dict(type="modified_resnet", layers=(1, 1, 1, 1) if tiny else (3, 4, 6, 3), width=width,
-                 heads=width * 32 // 64, output_dim=dim, image_size=size)
+                 heads=width * 32 // 64, output_dim=dim, image_size=size, last_stride=_last_stride(last_stride))
     return ModelConfig("", dim, image, _clip_text(tiny, dim, quick_gelu), PreprocessConfig(size, CLIP_MEAN, CLIP_STD),
                        _clip_tokenizer(), init_logit_scale=CLIP_INIT_LOGIT_SCALE)
 
@@ -164,14 +173,14 @@ def unipt_vitb16(tiny: bool, *, image_size: Sequence[int] | None = None, patch_s
 
 
 def valpat_rn50(tiny: bool, *, image_size: Sequence[int] | None = None, embed_dim: int | None = None,
-                text_length: int = 64) -> ModelConfig:
+                text_length: int = 64, last_stride: int = 2) -> ModelConfig:
     """VAL-PAT: timm's ResNet-50 with an MLP projection head, BERT-base's [CLS] state projected
     linearly (head shapes and the 512-d space are *unpublished*); ImageNet normalisation."""
     size = _size(image_size, (128, 64) if tiny else (256, 128))
     dim = embed_dim or (32 if tiny else 512)
     trunk = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)) if tiny else {}
     image = dict(type="timm", model_name="resnet50", image_size=size, output_dim=dim, projection="mlp",
-                 model_kwargs=trunk)
+                 model_kwargs=trunk, last_stride=_last_stride(last_stride))
     text = dict(type="bert", bert=_tiny_bert() if tiny else BERT_BASE, pooling="cls", output_dim=dim, frozen_layers=0)
     return ModelConfig("", dim, image, text, PreprocessConfig(size, IMAGENET_MEAN, IMAGENET_STD),
                        _bert_tokenizer(tiny, text_length), init_logit_scale=CLIP_INIT_LOGIT_SCALE)
@@ -192,8 +201,20 @@ FAMILIES = {
                                                 "(image tower)", BERT_DIR)),
 }
 
+# Options of other families asked of one that cannot have them, with what to use instead.
+_VIT_GRID = ("a ViT has no strided last stage; its feature grid is set by patch_stride, the ViT equivalent "
+             "(clip-vitb16-reid and unipt-vitb16 take e.g. patch_stride=12 for overlapping patches)")
+REFUSED_OPTIONS = {
+    "clip-vitb16": {"last_stride": _VIT_GRID},
+    "clip-vitb16-reid": {"last_stride": _VIT_GRID},
+    "unipt-vitb16": {"last_stride": _VIT_GRID},
+    "plip-swinb": {"last_stride": "last_stride is for the ResNet towers; Swin-B merges patches between stages"},
+}
+
 for _name, (_build, _weights) in FAMILIES.items():
     _doc = (_build.__doc__ or "").split("\n\n")[0]
     _description = " ".join(_doc.split()).replace("``", "")
-    register_model(_name, partial(_build, False), _description, _weights)
-    register_model(f"tiny-{_name}", partial(_build, True), f"{_name} with few layers and small widths", _weights)
+    _refused = REFUSED_OPTIONS.get(_name, {})
+    register_model(_name, partial(_build, False), _description, _weights, _refused)
+    register_model(f"tiny-{_name}", partial(_build, True), f"{_name} with few layers and small widths", _weights,
+                   _refused)

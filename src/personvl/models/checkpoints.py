@@ -272,6 +272,14 @@ def _check_compatible(source: WeightSource, model: PersonEncoder, only: str | No
         for tower in ("image_tower", "text_tower"):
             theirs = _meaningful(source.config.get(tower) or {})
             ours = _meaningful(model.config.to_dict()[tower])
+            # BoT fine-tunes a stride-2 pre-trained ResNet with last_stride=1: the same tensors,
+            # the attention pool's grid interpolated (weight_formats). The reverse is refused: a
+            # re-ID model read at stride 2 would silently not be the model that was trained.
+            strides = (theirs.pop("last_stride", 2), ours.pop("last_stride", 2))
+            if strides == (2, 1):
+                source.notes.append(f"{model.name} uses last_stride=1 with the stride-2 image tower of {source.path}")
+            elif strides[0] != strides[1]:
+                theirs["last_stride"], ours["last_stride"] = strides
             if theirs != ours:
                 differing = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
                 raise PersonvlError(

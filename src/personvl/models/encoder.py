@@ -22,7 +22,7 @@ ImageInput = Union[torch.Tensor, Image.Image, str, os.PathLike, Sequence[Union[I
 
 
 class ImageFeatures(NamedTuple):
-    maps: list[torch.Tensor]   # [B, C_i, H/s, W/s] for strides s = 4, 8, 16, 32
+    maps: list[torch.Tensor]   # [B, C_i, H/s, W/s] for strides s = 4, 8, 16, 32 (visual.pyramid_strides)
     embedding: torch.Tensor    # [B, D], not normalised
 
 
@@ -129,7 +129,8 @@ class PersonEncoder(nn.Module):
         return F.normalize(self.text(input_ids, attention_mask), dim=-1)
 
     def image_features(self, images: ImageInput) -> ImageFeatures:
-        """The maps at strides 4, 8, 16, 32 and the global embedding (not normalised)."""
+        """The maps at strides 4, 8, 16, 32 (16 again for the last with ``last_stride=1``) and
+        the global embedding (not normalised)."""
         maps, embedding = self.visual.forward_pyramid(self.preprocess(images))
         return ImageFeatures(list(maps), embedding)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from personvl.errors import UsageError
@@ -22,6 +22,8 @@ class ModelEntry:
     build_config: Callable[..., ModelConfig]
     description: str
     weights: tuple[str, ...]      # the kinds of weights files ``weights=`` takes for it
+    # Other families' options it cannot have -> why, and what to use instead.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -34,10 +36,10 @@ _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, build_config: Callable[..., ModelConfig], description: str,
-                   weights: tuple[str, ...]) -> None:
+                   weights: tuple[str, ...], refused: dict[str, str] | None = None) -> None:
     if name in _MODELS:
         raise ValueError(f"model {name!r} is registered twice")
-    _MODELS[name] = ModelEntry(name, build_config, description, weights)
+    _MODELS[name] = ModelEntry(name, build_config, description, weights, dict(refused or {}))
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -61,6 +63,9 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     entry = model_entry(name)
     options = entry.options
     unknown = sorted(set(overrides) - set(options))
+    refused = [option for option in unknown if option in entry.refused]
+    if refused:
+        raise UsageError(f"model '{name}' has no option '{refused[0]}': {entry.refused[refused[0]]}")
     if unknown:
         known = ", ".join(options) or "none"
         raise UsageError(f"model '{name}' has no option '{unknown[0]}' (its options: {known})")

@@ -15,6 +15,7 @@ by running code.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,14 @@ def part_of(key: str) -> str:
 
 
 def read_weights(path: str | Path, model: nn.Module) -> WeightSource:
-    """Read ``path`` (file or folder) into a ``WeightSource`` named for ``model``."""
-    path = Path(path).expanduser()
+    """Read ``path`` (file or folder) into a ``WeightSource`` named for ``model``, position
+    embeddings interpolated to the model's grid."""
+    source = _read_any(Path(path).expanduser(), model)
+    _fit_position_embeddings(source, model)
+    return source
+
+
+def _read_any(path: Path, model: nn.Module) -> WeightSource:
     if path.is_dir():
         return _read_folder(path, model)
     if not path.is_file():
@@ -220,7 +227,6 @@ def _from_clip_names(path: Path, kind: str, state: dict[str, torch.Tensor], mode
         renamed[f"text.{key}" if key.startswith(CLIP_TEXT_KEYS) else key] = value
     source = WeightSource(path, kind, renamed)
     _fit_attention_pool(source, model)
-    _fit_position_embeddings(source, model)
     return source
 
 
@@ -246,8 +252,10 @@ def _fit_attention_pool(source: WeightSource, model: nn.Module) -> None:
 
 
 def _fit_position_embeddings(source: WeightSource, model: nn.Module) -> None:
-    """CLIP's square grids (14x14 for ViT-B/16 at 224, 7x7 for RN50) interpolated to the grid of
-    the model's input size, class or mean token kept."""
+    """Position embeddings interpolated to the model's grid, class or mean token kept: CLIP's
+    square grids (14x14 for ViT-B/16 at 224, 7x7 for RN50) to the grid of the model's input
+    size, and a grid of the model's own shape at another scale (PLIP's 8x4 at 256x128 to the
+    16x8 of ``last_stride=1``, or back)."""
     visual = getattr(model, "visual", None)
     if isinstance(visual, VisionTransformerTower):
         key = "visual.positional_embedding"
@@ -259,12 +267,22 @@ def _fit_position_embeddings(source: WeightSource, model: nn.Module) -> None:
     tokens = 1 + visual.grid_size[0] * visual.grid_size[1]
     if embedding is None or embedding.dim() != 2 or embedding.shape[0] == tokens:
         return
-    try:
-        source.state[key] = resize_position_embedding(embedding, visual.grid_size)
-    except ValueError:
-        return   # not a square grid: left for the strict shape check to report
-    old = round((embedding.shape[0] - 1) ** 0.5)
-    source.notes.append(f"{key} interpolated from {old}x{old} to {visual.grid_size[0]}x{visual.grid_size[1]}")
+    old = _grid_holding(embedding.shape[0] - 1, visual.grid_size)
+    if old is None:
+        return   # neither square nor the model's shape: left for the strict shape check to report
+    source.state[key] = resize_position_embedding(embedding, visual.grid_size, old)
+    source.notes.append(f"{key} interpolated from {old[0]}x{old[1]} to {visual.grid_size[0]}x{visual.grid_size[1]}")
+
+
+def _grid_holding(tokens: int, like: tuple[int, int]) -> tuple[int, int] | None:
+    """The grid of ``tokens`` cells that is square, or else has the aspect of ``like``."""
+    side = math.isqrt(tokens)
+    if side * side == tokens:
+        return (side, side)
+    for rows in range(1, tokens + 1):
+        if tokens % rows == 0 and rows * like[1] == (tokens // rows) * like[0]:
+            return (rows, tokens // rows)
+    return None
 
 
 def _backbone_state_dict(path: Path, state: dict[str, torch.Tensor], model: nn.Module) -> WeightSource:
@@ -276,7 +294,6 @@ def _backbone_state_dict(path: Path, state: dict[str, torch.Tensor], model: nn.M
         return WeightSource(path, "timm", renamed, optional_prefixes=prefixes, covers=("visual.trunk.",))
     source = WeightSource(path, "image-backbone", {f"visual.{key}": value for key, value in state.items()})
     _fit_attention_pool(source, model)
-    _fit_position_embeddings(source, model)
     return source
 
 

@@ -1,6 +1,7 @@
 """Image towers. Each maps normalised images [B, 3, H, W] to ``forward -> [B, output_dim]``
 (not normalised) and ``forward_pyramid -> (maps at strides 4, 8, 16, 32, embedding)``, and
-names its ``pyramid_channels`` and ``image_size``."""
+names its ``pyramid_channels``, ``pyramid_strides`` and ``image_size``. A ResNet tower built
+with ``last_stride=1`` gives its last map at stride 16: ``pyramid_strides`` is (4, 8, 16, 16)."""
 
 from __future__ import annotations
 

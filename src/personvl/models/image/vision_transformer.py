@@ -46,6 +46,7 @@ class VisionTransformerTower(VisionTransformer):
             self.positional_embedding = nn.Parameter(scale * torch.randn(grid[0] * grid[1] + 1, width))
         self.grid_size = grid
         self.pyramid_channels = (width,) * 4
+        self.pyramid_strides = (4, 8, 16, 32)
 
     def _global_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # open_clip's pooling hook (its own choices are the class token and the mean); UniPT
