@@ -18,7 +18,6 @@ from personvl.methods.unipt import UniPTConfig, UniPTMethod
 from personvl.methods.valpat import VALPATConfig, VALPATMethod
 from personvl.models import create_model
 from personvl.objectives import infonce_loss, momentum_contrast_loss, momentum_update, to_grayscale
-from personvl.objectives.masking import IGNORE_INDEX
 
 
 def _batch(encoder, captions, pids):

@@ -34,6 +34,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from personvl.data.parsing_transforms import IGNORE_INDEX, flip_permutation
 from personvl.errors import PersonvlError, UsageError
 from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained
 from personvl.training.optim import OptimConfig
@@ -41,7 +42,6 @@ from personvl.training.pretrain import ModelSpec
 from personvl.training.trainer import TrainerConfig
 
 PLOTS_DIR = "plots"
-IGNORE_INDEX = 255
 
 # The split each protocol reports results on, which ``split="test"`` stands for.
 PROTOCOL_TEST_SPLITS = {"lip": "val", "pascal-person-part": "val"}
@@ -53,6 +53,11 @@ class ParsingData(TaskData):
     val_split: str | None = "auto"     # LIP's and PASCAL-Person-Part's val is the test split: auto finds none
     holdout_fraction: float = 0.0      # training images held out for selection when there is no val split
     batch_size: int = 16
+    # SCHP's augmentation of the whole frame before it is warped to the encoder's input size
+    # (the crop: LIP's protocol uses 473 x 473, set through model.options.image_size).
+    scale_factor: float = 0.25
+    rotation_factor: float = 30.0
+    rotation_probability: float = 0.6
 
 
 @dataclass
@@ -68,6 +73,7 @@ class ParsingHeadConfig:
 @dataclass
 class ParsingEvaluation(EvaluationTarget):
     batch_size: int = 32
+    flip_test: bool = True             # average the scores of each frame and of its mirror image (SCHP)
     plot_images: int = 4               # images in the overlay plot (0: none)
 
 
@@ -95,18 +101,6 @@ def resolve_split(dataset: str, split: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the model
-
-
-def flip_permutation(part_names: Sequence[str]) -> list[int]:
-    """Label of each class after a horizontal flip: ``Left-x`` and ``Right-x`` swap."""
-    index = {name.lower(): i for i, name in enumerate(part_names)}
-    permutation = list(range(len(part_names)))
-    for i, name in enumerate(part_names):
-        lowered = name.lower()
-        for side, other in (("left-", "right-"), ("right-", "left-")):
-            if lowered.startswith(side) and other + lowered[len(side):] in index:
-                permutation[i] = index[other + lowered[len(side):]]
-    return permutation
 
 
 class ParsingHead(nn.Module):
@@ -149,12 +143,31 @@ class ParsingModel(nn.Module):
     def part_names(self) -> list[str]:
         return self.head.part_names
 
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        return tuple(self.encoder.config.preprocess.input_size)
+
+    def frame_to_network(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
+        """A whole frame fitted into the encoder's input (aspect kept), and the affine back."""
+        from personvl.data.parsing_transforms import to_network
+
+        preprocess = self.encoder.config.preprocess
+        return to_network(image, self.crop_size, tuple(preprocess.mean), tuple(preprocess.std))
+
+    def scores(self, images: torch.Tensor, flip_test: bool = True) -> torch.Tensor:
+        """Class scores of network inputs, averaged with their mirror images' under ``flip_test``."""
+        from personvl.data.parsing_transforms import flip_test_logits
+
+        if not flip_test:
+            return self(images)
+        return flip_test_logits(self, images, flip_permutation(self.part_names))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         maps = self.encoder.image_features(images).maps
         return F.interpolate(self.head(maps), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[str | os.PathLike | Image.Image]) -> list[np.ndarray]:
+    def predict(self, images: Sequence[str | os.PathLike | Image.Image], flip_test: bool = True) -> list[np.ndarray]:
         """Class maps (uint8 H x W, each at its image's size) for image files or PIL images."""
         from personvl.models.transforms import open_rgb_image
 
@@ -162,9 +175,11 @@ class ParsingModel(nn.Module):
         self.eval()
         try:
             pictures = [open_rgb_image(image) for image in images]
-            batch = torch.stack([self.encoder.image_transform(p) for p in pictures]).to(self.encoder.device)
-            logits = self(batch)
-            return [_class_map(logits[i], (p.height, p.width)) for i, p in enumerate(pictures)]
+            framed = [self.frame_to_network(picture) for picture in pictures]
+            batch = torch.stack([pixels for pixels, _ in framed]).to(self.encoder.device)
+            logits = self.scores(batch, flip_test)
+            return [_class_map(logits[i], affine, (p.height, p.width))
+                    for i, ((_, affine), p) in enumerate(zip(framed, pictures))]
         finally:
             self.train(was_training)
 
@@ -200,9 +215,11 @@ def open_parsing_model(model: "ParsingModel | Trained | str | os.PathLike") -> P
     return ParsingModel.load(model)
 
 
-def _class_map(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    scores = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return scores.argmax(0).to(torch.uint8).cpu().numpy()
+def _class_map(logits: torch.Tensor, affine: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The class of every pixel of a frame of ``size`` from the scores of its network crop."""
+    from personvl.data.parsing_transforms import to_annotation
+
+    return to_annotation(logits, affine, size).argmax(0).to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- data
@@ -216,13 +233,17 @@ def read_mask(path: str) -> np.ndarray:
 
 
 class ParsingTrainingSet(Dataset):
-    """(image, mask) pairs resized to the model's input size, optionally flipped."""
+    """(image, mask) pairs through SCHP's augmentation (the whole frame scaled, rotated and
+    flipped, then warped to the crop); each sample's draw is seeded by (seed, epoch, index), so
+    a resumed run sees the same crops."""
 
-    def __init__(self, records, transform, size: tuple[int, int], flip_table: np.ndarray | None):
+    def __init__(self, records, augmentation, seed: int = 0):
         self.records = list(records)
-        self.transform = transform
-        self.size = size
-        self.flip_table = flip_table
+        self.augmentation = augmentation
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -231,21 +252,15 @@ class ParsingTrainingSet(Dataset):
         from personvl.models.transforms import open_rgb_image
 
         record = self.records[index]
-        image = open_rgb_image(record.image_path)
-        with Image.open(record.mask_path) as opened:
-            mask = opened.resize((self.size[1], self.size[0]), Image.NEAREST)
-        labels = np.asarray(mask, dtype=np.int64)
-        pixels = self.transform(image)
-        if self.flip_table is not None and torch.rand(()) < 0.5:
-            pixels = pixels.flip(-1)
-            labels = self.flip_table[labels[:, ::-1]]
-        return {"images": pixels, "masks": torch.from_numpy(np.ascontiguousarray(labels))}
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        pixels, labels = self.augmentation(open_rgb_image(record.image_path), read_mask(record.mask_path), rng)
+        return {"images": pixels, "masks": labels}
 
 
 class _EvaluationSet(Dataset):
-    def __init__(self, records, transform):
+    def __init__(self, records, model: ParsingModel):
         self.records = list(records)
-        self.transform = transform
+        self.model = model
 
     def __len__(self) -> int:
         return len(self.records)
@@ -254,11 +269,12 @@ class _EvaluationSet(Dataset):
         from personvl.models.transforms import open_rgb_image
 
         record = self.records[index]
-        return self.transform(open_rgb_image(record.image_path)), read_mask(record.mask_path)
+        pixels, affine = self.model.frame_to_network(open_rgb_image(record.image_path))
+        return pixels, affine, read_mask(record.mask_path)
 
 
 def _collate_evaluation(items):
-    return torch.stack([image for image, _ in items]), [mask for _, mask in items]
+    return torch.stack([pixels for pixels, _, _ in items]), [affine for _, affine, _ in items], [m for _, _, m in items]
 
 
 # ----------------------------------------------------------------------------- training
@@ -293,10 +309,10 @@ class ParsingMethod(nn.Module):
                 {"name": "head", "params": list(self.model.head.parameters())}]
 
 
-def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers: int = 0,
-                  keep: int = 0) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Parsing metrics of ``model`` on records with masks, and the class maps of the first
-    ``keep`` images (for plots)."""
+def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers: int = 0, keep: int = 0,
+                  flip_test: bool = True) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Parsing metrics of ``model`` on records with masks, computed at each mask's own
+    resolution from one confusion matrix, and the class maps of the first ``keep`` images."""
     from personvl.evaluation import ConfusionMatrix
 
     if not records:
@@ -305,17 +321,17 @@ def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers
     if unmasked is not None:
         raise UsageError(f"{unmasked.image_path} has no part mask: this split cannot be scored")
     matrix = ConfusionMatrix(len(model.part_names), IGNORE_INDEX)
-    loader = DataLoader(_EvaluationSet(records, model.encoder.image_transform), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate_evaluation)
+    loader = DataLoader(_EvaluationSet(records, model), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate_evaluation)
     kept: list[np.ndarray] = []
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for images, masks in loader:
-                logits = model(images.to(model.encoder.device))
+            for images, affines, masks in loader:
+                logits = model.scores(images.to(model.encoder.device), flip_test)
                 for i, mask in enumerate(masks):
-                    prediction = _class_map(logits[i], mask.shape)
+                    prediction = _class_map(logits[i], affines[i], mask.shape)
                     matrix.add(prediction, mask)
                     if len(kept) < keep:
                         kept.append(prediction)
@@ -350,10 +366,8 @@ class ParsingTask(Task):
         return resolve_split(dataset, split)
 
     def stages(self, config: ParsingConfig, encoder, train, echo) -> list[Stage]:
-        from torchvision import transforms as T
-
+        from personvl.data.parsing_transforms import ParsingAugmentation
         from personvl.data.samplers import ShuffledBatches
-        from personvl.data.transforms import ToNormalizedTensor
 
         part_names = getattr(train, "part_names", None)
         if not part_names:
@@ -361,12 +375,13 @@ class ParsingTask(Task):
         head = config.head
         model = ParsingModel.build(encoder, part_names, style=head.style, width=head.width,
                                    pool_scales=head.pool_scales, dropout=head.dropout)
-        flip_table = np.array(flip_permutation(part_names) + [IGNORE_INDEX] * (256 - len(part_names)), dtype=np.int64)
         preprocess = encoder.config.preprocess
-        transform = T.Compose([T.Resize(tuple(preprocess.input_size), interpolation=T.InterpolationMode.BILINEAR),
-                               ToNormalizedTensor(tuple(preprocess.mean), tuple(preprocess.std))])
-        dataset = ParsingTrainingSet(list(train), transform, tuple(preprocess.input_size),
-                                     flip_table if head.flip else None)
+        data = config.data
+        augmentation = ParsingAugmentation(tuple(preprocess.input_size), tuple(preprocess.mean), tuple(preprocess.std),
+                                           flip_permutation(part_names) if head.flip else None,
+                                           scale_factor=data.scale_factor, rotation_factor=data.rotation_factor,
+                                           rotation_probability=data.rotation_probability)
+        dataset = ParsingTrainingSet(list(train), augmentation, seed=config.trainer.seed)
         size, batch, seed = len(dataset), config.data.batch_size, config.trainer.seed
         return [Stage("", ParsingMethod(model, head.backbone_lr_scale), dataset,
                       lambda rank, world: ShuffledBatches(size, batch, seed=seed, rank=rank, world_size=world),
@@ -381,7 +396,8 @@ class ParsingTask(Task):
             raise UsageError(f"the model predicts {len(parser.part_names)} part classes but the data has "
                              f"{len(part_names)} ({', '.join(part_names)})")
         keep = getattr(settings, "plot_images", 0) if plots_dir is not None else 0
-        metrics, predictions = score_records(parser, list(records), batch_size=settings.batch_size, keep=keep)
+        metrics, predictions = score_records(parser, list(records), batch_size=settings.batch_size, keep=keep,
+                                             flip_test=getattr(settings, "flip_test", True))
         metrics["images"] = len(records)
         if keep:
             write_plots(parser, list(records), predictions, metrics, Path(plots_dir) / PLOTS_DIR)

@@ -40,7 +40,7 @@ from personvl.errors import PersonvlError, UsageError
 from personvl.training.checkpointing import write_text_atomically
 from personvl.training.optim import OptimConfig
 from personvl.training.pretrain import ModelSpec
-from personvl.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT, TrainerConfig
+from personvl.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "summary.json"
