@@ -8,7 +8,7 @@ import yaml
 
 from personvl.data import load_dataset
 from personvl.data.synth import generate_world
-from personvl.errors import UsageError
+from personvl.errors import PersonvlError, UsageError
 from personvl.evaluation import person_search_metrics
 from personvl.tasks import person_search
 from personvl.tasks.person_search import SearchConfig, evaluate, finetune, load_search_config, search_inputs
@@ -57,32 +57,38 @@ def random_ranking_map(root, detector=None, det_thresh=0.5, seeds=20):
 def test_search_with_ground_truth_boxes_beats_random_ranking(scene_world, tmp_path):
     out = tmp_path / "run"
     summary = finetune(CONFIG, [f"data.root={scene_world}", f"output_dir={out}", "detector.name=gt",
-                                "reid.max_steps=60", *FAST], echo=lambda *a: None)
+                                "trainer.max_steps=60", *FAST], echo=lambda *a: None)
     chance = random_ranking_map(scene_world)
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["detector"] == "gt" and summary["detector"] == "gt"
+    assert metrics["detector"].startswith("gt") and summary["steps"] == 60
     assert metrics["detection_recall"] == 100.0
     # Random ranking of these boxes scores about 11 mAP; the fine-tuned tiny encoder about 23.
     assert metrics["mAP"] >= 1.6 * chance and metrics["mAP"] >= chance + 8, (metrics["mAP"], chance)
     assert (out / "plots" / "search_results.png").stat().st_size > 0
     assert yaml.safe_load((out / "config.yaml").read_text())["detector"]["name"] == "gt"
-    assert (out / "reid" / "checkpoints" / "last.ckpt").exists()
+    assert (out / "checkpoints" / "last.ckpt").exists() and not (out / "model" / "heads").exists()
     # The saved encoder gives the same figures through evaluate().
     again = evaluate(out / "model", "prw", scene_world, detector="gt")
-    assert again["mAP"] == pytest.approx(metrics["mAP"]) and again["detector"] == "gt"
+    assert again["mAP"] == pytest.approx(metrics["mAP"]) and again["detector"].startswith("gt")
+    with pytest.raises(UsageError, match="no detector"):
+        evaluate(out / "model", "prw", scene_world)
+    # A finished run is never overwritten, even one that trained nothing (no checkpoint).
+    untrained = [f"data.root={scene_world}", f"output_dir={tmp_path / 'as_given'}", "detector.name=gt",
+                 "trainer.max_steps=0", "evaluation.plot_queries=0"]
+    finetune(CONFIG, untrained, echo=lambda *a: None)
+    with pytest.raises(PersonvlError, match="already holds a finished run"):
+        finetune(CONFIG, untrained, echo=lambda *a: None)
 
 
 def test_search_with_a_trained_detector_beats_random_ranking_of_its_boxes(scene_world, tmp_path):
     out = tmp_path / "run"
-    summary = finetune(CONFIG, [f"data.root={scene_world}", f"output_dir={out}", "trainer.max_steps=400",
-                                "reid.max_steps=60", "evaluation.det_thresh=0.0", *FAST], echo=lambda *a: None)
-    assert summary["detector"] == "fasterrcnn_mobilenet_v3_large_fpn" and summary["detector_steps"] == 400
+    finetune(CONFIG, [f"data.root={scene_world}", f"output_dir={out}", "detector.max_steps=400",
+                      "trainer.max_steps=60", "evaluation.det_thresh=0.0", *FAST], echo=lambda *a: None)
     model = out / "model"
-    assert (model / "detector.safetensors").exists() and (model / "detector.json").exists()
+    assert (model / "heads" / "search.safetensors").exists() and (model / "heads" / "search.json").exists()
     assert (out / "detector" / "checkpoints" / "last.ckpt").exists()
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    for key in ("mAP", "top1", "detection_AP", "detection_recall"):
-        assert 0.0 <= metrics[key] <= 100.0
+    assert metrics["detector"] == "fasterrcnn_mobilenet_v3_large_fpn"
     assert metrics["detection_recall"] >= 30.0, metrics     # a detector trained from scratch finds people
     # Random features on the same detections score about 3 mAP; the two trained stages about 14.
     chance = random_ranking_map(scene_world, person_search.load_detector(model), det_thresh=0.0)
@@ -105,16 +111,18 @@ def test_the_test_frames_are_read_only_after_training(scene_world, tmp_path, mon
         return real(name, root, split, **kwargs)
 
     trained = []
-    original = person_search._train_reid
+    import personvl.models
 
-    def train_reid(*args, **kwargs):
+    save_model = personvl.models.save_model
+
+    def saving(*args, **kwargs):           # training is over once the model is saved
         trained.append(list(reads))
-        return original(*args, **kwargs)
+        return save_model(*args, **kwargs)
 
     monkeypatch.setattr(personvl.data, "load_dataset", recording)
-    monkeypatch.setattr(person_search, "_train_reid", train_reid)
+    monkeypatch.setattr(personvl.models, "save_model", saving)
     finetune(CONFIG, [f"data.root={scene_world}", f"output_dir={tmp_path / 'run'}", "detector.name=gt",
-                      "reid.max_steps=2", "evaluation.plot_queries=0"], echo=lambda *a: None)
+                      "trainer.max_steps=2", "evaluation.plot_queries=0"], echo=lambda *a: None)
     assert trained == [["train"]]
     assert reads == ["train", "query", "gallery"]
 
@@ -122,9 +130,15 @@ def test_the_test_frames_are_read_only_after_training(scene_world, tmp_path, mon
 def test_config_errors_and_detector_choice(tmp_path):
     with pytest.raises(UsageError, match="detector.name must be one of"):
         load_search_config(CONFIG, ["detector.name=yolo"])
-    with pytest.raises(UsageError, match="is a test split"):
-        load_search_config(CONFIG, ["data.train_split=gallery"])
+    with pytest.raises(UsageError, match="data.train_split='gallery' is the split"):
+        finetune(CONFIG, ["data.train_split=gallery", f"output_dir={tmp_path / 'run'}"])
     paper = load_search_config("configs/finetune/search_paper.yaml")
     assert isinstance(paper, SearchConfig) and paper.model.name == "plip-rn50"
+    # The re-ID stage has the strong baseline's own optimiser; the detector keeps SGD.
+    assert (paper.optim.name, paper.optim.lr) == ("adam", 0.00035)
+    assert (paper.detector.optim.name, paper.detector.optim.lr) == ("sgd", 0.01)
+    assert load_search_config(CONFIG, ["evaluation.gallery_size=500"]).evaluation.options == {"protocol": "TestG500"}
+    with pytest.raises(UsageError, match="gallery_size must be one of 50, 100, 500, 1000, 2000, 4000"):
+        load_search_config(CONFIG, ["evaluation.gallery_size=300"])
     with pytest.raises(UsageError, match="no detector"):
         evaluate("tiny-plip-rn50", "prw", tmp_path)

@@ -523,7 +523,10 @@ class SearchTask(Task):
                                 describe=f"fine-tuning the re-ID encoder on {len(items)} crops of {len(labels)} "
                                          f"identities for {config.trainer.max_steps} steps"))
         if config.detector.name != GROUND_TRUTH:
-            detector = build_detector(config.detector, echo).train()
+            with torch.random.fork_rng():
+                # Its own seed: the detector starts the same whatever was built or drawn before it.
+                torch.manual_seed(config.trainer.seed)
+                detector = build_detector(config.detector, echo).train()
             frames = SceneBoxes(train, config.detector.flip)
             if config.detector.max_steps > 0 and not len(frames):
                 raise PersonvlError(f"{config.data.dataset} {config.data.train_split} has no frames with person boxes")
