@@ -93,6 +93,7 @@ class AttributeMethod(nn.Module):
         self.encoder = encoder
         self.head = head
         self.loss_config = loss
+        encoder.text.requires_grad_(False)   # images only: DDP refuses parameters without a gradient
         self.register_buffer("positive_ratio", positive_ratio if positive_ratio is not None else torch.zeros(0),
                              persistent=False)
 

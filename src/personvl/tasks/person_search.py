@@ -516,7 +516,6 @@ class SearchTask(Task):
             dataset = PersonCrops(items, model_transform(encoder, config.data.transform, train=True),
                                   config.data.box_jitter)
             pids = [label for _, _, label in items]
-            encoder.text.requires_grad_(False)
             stages.append(Stage("", ReidMethod(encoder, len(labels), config.loss), dataset,
                                 lambda rank, world: identity_batches(pids, config.data, config.trainer.seed, rank, world),
                                 config.optim, config.trainer.max_steps,

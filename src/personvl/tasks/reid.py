@@ -103,6 +103,9 @@ class ReidMethod(nn.Module):
         self.encoder = encoder
         self.losses = losses
         self.feature = feature
+        # Re-ID reads images only; a text tower left trainable would be a parameter without a
+        # gradient, which DDP refuses.
+        encoder.text.requires_grad_(False)
         self.bnneck = nn.BatchNorm1d(encoder.embed_dim)
         self.bnneck.bias.requires_grad_(False)   # BNNeck: no shift before the bias-free classifier
         self.classifier = nn.Linear(encoder.embed_dim, num_identities, bias=False)

@@ -383,6 +383,34 @@ class StageData(pl.LightningDataModule):
                                    collate_fn=self.stage.collate or collate_samples, persistent_workers=self.workers > 0)
 
 
+def freeze_parameters_without_gradient(stage: Stage) -> list[str]:
+    """Freeze the trainable parameters the stage's loss never reaches (a tower's pooling head
+    under a segmentation head, say), found by one forward and backward pass on the first
+    batch; returns their names. DDP refuses such parameters, and no optimiser would move them.
+    The pass leaves the weights, buffers (batch-norm statistics) and random state as they were."""
+    from personvl.data.datasets import collate_samples
+
+    method = stage.method
+    trainable = [(name, p) for name, p in method.named_parameters() if p.requires_grad]
+    if not trainable:
+        return []
+    first = next(iter(stage.batches(0, 1)))
+    batch = (stage.collate or collate_samples)([stage.dataset[int(i)] for i in first])
+    buffers = {name: value.detach().clone() for name, value in method.named_buffers()}
+    with torch.random.fork_rng():
+        losses = method(batch, progress=0.0, step=0)
+        losses["loss"].backward()
+    unreached = [name for name, p in trainable if p.grad is None]
+    for name, p in trainable:
+        p.grad = None
+        if name in unreached:
+            p.requires_grad_(False)
+    with torch.no_grad():
+        for name, value in method.named_buffers():
+            value.copy_(buffers[name])
+    return unreached
+
+
 def train_stage(stage: Stage, config: Any, folder: Path, checkpoint: Path | None,
                 selector: Callable[[], dict[str, Any]] | None, history: SelectionHistory | None) -> int:
     """Train one stage in ``folder``; with ``selector``, keep its best-scoring weights.
@@ -390,6 +418,7 @@ def train_stage(stage: Stage, config: Any, folder: Path, checkpoint: Path | None
     from personvl.training.task import TrainingTask
     from personvl.training.trainer import build_trainer
 
+    freeze_parameters_without_gradient(stage)
     trainer_config = dataclasses.replace(config.trainer, max_steps=stage.max_steps)
     task = TrainingTask(stage.method, stage.optim, stage.max_steps, trainer_config.max_nonfinite_in_row,
                         seed=trainer_config.seed)
