@@ -36,6 +36,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.task != "search":
             raise UsageError("--detector applies to the search task only")
         options["detector"] = args.detector
+    if args.det_thresh is not None:
+        if args.task != "search":
+            raise UsageError("--det-thresh applies to the search task only")
+        options["det_thresh"] = args.det_thresh
     if args.gallery_size is not None:
         if args.task != "search":
             raise UsageError("--gallery-size applies to the search task only")
@@ -87,6 +91,8 @@ def register(commands) -> None:
     evaluate.add_argument("--detector", default=None, metavar="DIR|gt",
                           help="search: a model folder holding a detector, or gt for the ground-truth boxes "
                                "(default: the detector in MODEL's folder)")
+    evaluate.add_argument("--det-thresh", type=float, default=None, metavar="SCORE",
+                          help="search: keep detections scoring at least SCORE (default 0.5)")
     evaluate.add_argument("--gallery-size", type=int, default=None, metavar="N",
                           help="search on CUHK-SYSU: frames per query gallery (50, 100, 500, 1000, 2000, 4000)")
     evaluate.add_argument("--out", default=None, metavar="DIR", help="write metrics.json and plots here")

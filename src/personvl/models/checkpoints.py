@@ -26,7 +26,8 @@ from personvl.models.encoder import PersonEncoder
 from personvl.models.hub import is_hub_name, resolve_hub_weights
 from personvl.models.tokenization import TextTokenizer, load_tokenizer
 from personvl.models.weight_formats import (
-    FORMAT_NAME, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, PART_PREFIXES, TOKENIZER_DIR, WeightSource, part_of, read_weights,
+    FORMAT_NAME, HEADS_DIR, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, PART_PREFIXES, TOKENIZER_DIR, WeightSource, part_of,
+    read_weights,
 )
 
 FORMAT_VERSION = 1
@@ -52,6 +53,7 @@ class LoadReport:
     tokenizer_dir: Path | None = None
     filled: dict[str, list[str]] = field(default_factory=dict)   # source -> the parts it filled
     loaded_keys: list[str] = field(default_factory=list, repr=False)
+    heads: list[str] = field(default_factory=list)   # tasks whose fine-tuned heads the model folder holds
 
     @property
     def fits(self) -> bool:
@@ -62,12 +64,14 @@ class LoadReport:
         return {"sources": self.sources, "loaded": self.loaded, "filled": self.filled,
                 "left_as_initialised": self.not_covered, "notes": self.notes, "missing": self.missing,
                 "unexpected": self.unexpected, "ignored": self.ignored,
-                "mismatched": [[key, list(a), list(b)] for key, a, b in self.mismatched]}
+                "mismatched": [[key, list(a), list(b)] for key, a, b in self.mismatched], "heads": self.heads}
 
     def summary_lines(self) -> list[str]:
         """What each source filled and what was left as initialised, one line each."""
         lines = [f"{source}: {', '.join(parts)}" for source, parts in self.filled.items()]
         lines.append(f"left as initialised: {', '.join(self.not_covered) or 'nothing'}")
+        if self.heads:
+            lines.append(f"task heads: {', '.join(self.heads)} (read by personvl.tasks)")
         lines.extend(self.notes)
         return lines
 
@@ -209,6 +213,8 @@ def load_model(directory: str | os.PathLike, *, tokenizer: str | os.PathLike | T
     document = read_model_document(directory)
     model = PersonEncoder(ModelConfig.from_dict(document))
     load_weights(model, directory, strict=True)
+    heads = directory / HEADS_DIR
+    model.load_report.heads = sorted(p.stem for p in heads.glob("*.json") if p.with_suffix(".safetensors").is_file())
     attach_tokenizer(model, tokenizer if tokenizer is not None else directory / TOKENIZER_DIR)
     if device is not None:
         model.to(device)

@@ -36,6 +36,7 @@ PART_PREFIXES = {"image": "visual.", "text": "text.", "logit_scale": "logit_scal
 MODEL_CONFIG_FILE = "config.json"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
+HEADS_DIR = "heads"                 # fine-tuned task heads: heads/TASK.safetensors + heads/TASK.json
 FORMAT_NAME = "personvl-model"
 
 # Keys of the official PLIP text encoder that transformers >= 4.31 no longer has (a buffer it

@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from personvl.errors import PersonvlError
+from personvl.models.weight_formats import HEADS_DIR
 from personvl.training.checkpointing import temporary_path, write_text_atomically
-
-HEADS_DIR = "heads"
 
 
 def head_files(model_dir: str | os.PathLike, task: str) -> tuple[Path, Path]:
