@@ -28,11 +28,9 @@ from personvl.tasks.finetuning import (
     embed_records, fit_probe, model_transform, probe_selection, random_batches,
 )
 from personvl.tasks.runner import (
-    EvaluationTarget, ProbeConfig, SelectionConfig, Stage, Task, TaskData, Trained, check_mode,
+    EvaluationTarget, ProbeConfig, ProbedTaskConfig, Stage, Task, TaskData, Trained,
 )
 from personvl.training.optim import OptimConfig
-from personvl.training.pretrain import ModelSpec
-from personvl.training.trainer import TrainerConfig
 
 
 
@@ -44,34 +42,17 @@ class AttributeData(TaskData):
 
 
 @dataclass
-class AttributeOptim(OptimConfig):
-    name: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    warmup_steps: int = 5
-
-
-@dataclass
 class AttributeLoss:
     weighted: bool = True              # positive-ratio weights (exp(1 - r) on positives, exp(r) on negatives)
     head_lr_scale: float = 10.0
 
 
 @dataclass
-class AttributeConfig:
+class AttributeConfig(ProbedTaskConfig):
     output_dir: str = "runs/attributes"
-    mode: str = "finetune"             # finetune | linear_probe
     data: AttributeData = field(default_factory=AttributeData)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    optim: AttributeOptim = field(default_factory=AttributeOptim)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", lr=1e-4, weight_decay=5e-4, warmup_steps=5))
     loss: AttributeLoss = field(default_factory=AttributeLoss)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    evaluation: EvaluationTarget = field(default_factory=EvaluationTarget)
-
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
 
 
 class AttributeHead(nn.Module):
@@ -188,6 +169,8 @@ def _train_probe(encoder, train, val, val_split: str | None, probe: ProbeConfig,
 
 
 class AttributeTask(Task):
+    """One logit per attribute from the image embedding; the classifier is the head."""
+
     name = "attributes"
     config_type = AttributeConfig
     metric = "mA"

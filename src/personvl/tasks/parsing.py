@@ -36,10 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from personvl.data.parsing_transforms import IGNORE_INDEX, flip_permutation
 from personvl.errors import PersonvlError, UsageError
-from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained
+from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskConfig, TaskData, Trained
 from personvl.training.optim import OptimConfig
-from personvl.training.pretrain import ModelSpec
-from personvl.training.trainer import TrainerConfig
 
 PLOTS_DIR = "plots"
 
@@ -78,12 +76,10 @@ class ParsingEvaluation(EvaluationTarget):
 
 
 @dataclass
-class ParsingConfig:
+class ParsingConfig(TaskConfig):
     output_dir: str = "runs/parsing"
     data: ParsingData = field(default_factory=ParsingData)
-    model: ModelSpec = field(default_factory=ModelSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(every_n_steps=100))
     head: ParsingHeadConfig = field(default_factory=ParsingHeadConfig)
     evaluation: ParsingEvaluation = field(default_factory=ParsingEvaluation)
@@ -357,6 +353,9 @@ def write_plots(model: ParsingModel, records, predictions: Sequence[np.ndarray],
 
 
 class ParsingTask(Task):
+    """A part label per pixel from the image tower's maps; the segmentation head is the head.
+    ``test`` reads the protocol's evaluation split (LIP, PASCAL-Person-Part: val)."""
+
     name = "parsing"
     config_type = ParsingConfig
     metric = "mIoU"

@@ -36,8 +36,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from personvl.errors import PersonvlError, UsageError
-from personvl.tasks.reid import ReidLosses, ReidOptim
-from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained
+from personvl.tasks.reid import ReidLosses, strong_baseline_optim
+from personvl.tasks.runner import EvaluationTarget, Stage, Task, TaskConfig, TaskData, Trained
 from personvl.training.optim import OptimConfig
 from personvl.training.pretrain import ModelSpec
 from personvl.training.trainer import TrainerConfig
@@ -111,17 +111,15 @@ class SearchEvaluation(EvaluationTarget):
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(TaskConfig):
     """The re-ID stage is the encoder's fine-tuning (``optim``, ``trainer``, ``loss``;
     ``trainer.max_steps: 0`` uses the encoder as given); the detector has its own section."""
 
     output_dir: str = "runs/search"
     data: SearchData = field(default_factory=SearchData)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    optim: ReidOptim = field(default_factory=ReidOptim)
+    optim: OptimConfig = field(default_factory=strong_baseline_optim)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=0))
     loss: ReidLosses = field(default_factory=ReidLosses)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     evaluation: SearchEvaluation = field(default_factory=SearchEvaluation)
 
@@ -481,6 +479,9 @@ def plot_search_results(inputs: SearchInputs, results: dict, path: str | os.Path
 
 
 class SearchTask(Task):
+    """Two stages: the re-ID encoder on the training frames' labelled crops, then the
+    detector on their boxes; the detector is the head."""
+
     name = "search"
     config_type = SearchConfig
     metric = "mAP"

@@ -32,11 +32,9 @@ from personvl.tasks.finetuning import (
     embed_records, fit_probe, identity_batches, model_transform, probe_selection,
 )
 from personvl.tasks.runner import (
-    EvaluationTarget, ProbeConfig, SelectionConfig, Stage, Task, TaskData, Trained, check_mode,
+    RANKING_METRICS, EvaluationTarget, ProbedTaskConfig, Stage, Task, TaskData, Trained,
 )
 from personvl.training.optim import OptimConfig
-from personvl.training.pretrain import ModelSpec
-from personvl.training.trainer import TrainerConfig
 
 
 
@@ -54,12 +52,9 @@ class ReidData(TaskData):
     transform: str = "reid"
 
 
-@dataclass
-class ReidOptim(OptimConfig):
-    name: str = "adam"
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    warmup_steps: int = 10
+def strong_baseline_optim() -> OptimConfig:
+    """The strong re-ID baseline's Adam (lr 3.5e-4, weight decay 5e-4, warm-up)."""
+    return OptimConfig("adam", lr=3.5e-4, weight_decay=5e-4, warmup_steps=10)
 
 
 FEATURES = ("embedding", "bnneck")
@@ -79,20 +74,12 @@ class ReidEvaluation(EvaluationTarget):
 
 
 @dataclass
-class ReidConfig:
+class ReidConfig(ProbedTaskConfig):
     output_dir: str = "runs/reid"
-    mode: str = "finetune"             # finetune | linear_probe
     data: ReidData = field(default_factory=ReidData)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    optim: ReidOptim = field(default_factory=ReidOptim)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=strong_baseline_optim)
     loss: ReidLosses = field(default_factory=ReidLosses)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
     evaluation: ReidEvaluation = field(default_factory=ReidEvaluation)
-
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
 
 
 class ReidMethod(nn.Module):
@@ -198,10 +185,14 @@ def _plot(query_features, gallery_features, query, gallery, metrics: dict, out: 
 
 
 class ReidTask(Task):
+    """Images query images of other cameras: the image tower is fine-tuned (or probed) and
+    scored with the Market-1501 protocol; its head is BoT's BNNeck feature or a probe's
+    projection, where there is one."""
+
     name = "reid"
     config_type = ReidConfig
     metric = "mAP"
-    reported = ("R1", "R5", "R10", "mAP", "mINP")
+    reported = RANKING_METRICS
     identities = True
 
     def test_splits(self, dataset: str, root: str, options: dict[str, Any]) -> set[str]:

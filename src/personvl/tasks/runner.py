@@ -40,7 +40,7 @@ from personvl.errors import PersonvlError, UsageError
 from personvl.training.checkpointing import write_text_atomically
 from personvl.training.optim import OptimConfig
 from personvl.training.pretrain import ModelSpec
-from personvl.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT
+from personvl.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT, TrainerConfig
 
 MODEL_DIR = "model"
 SUMMARY_FILE = "summary.json"
@@ -113,6 +113,33 @@ def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
+
+@dataclass
+class TaskConfig:
+    """The sections every task's config shares. A task's config derives from it and adds its
+    ``data``, ``optim`` and ``evaluation`` (of its own types, with its defaults) and its own
+    section (``loss``, ``head``, ``detector`` ...)."""
+
+    output_dir: str = "runs/finetune"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    evaluation: EvaluationTarget = field(default_factory=EvaluationTarget)
+
+
+@dataclass
+class ProbedTaskConfig(TaskConfig):
+    """A task that can also learn its head alone on frozen embeddings (``mode: linear_probe``)."""
+
+    mode: str = "finetune"             # finetune | linear_probe
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+
+# The text-to-image and re-ID figures every ranking reports.
+RANKING_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 # ---------------------------------------------------------------------------------------------
 # What a task supplies

@@ -30,10 +30,10 @@ from torch import nn
 
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import identity_batches, model_transform
-from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained
+from personvl.tasks.runner import (
+    RANKING_METRICS, EvaluationTarget, Stage, Task, TaskConfig, TaskData, Trained,
+)
 from personvl.training.optim import OptimConfig
-from personvl.training.pretrain import ModelSpec
-from personvl.training.trainer import TrainerConfig
 
 OBJECTIVES = ("irra", "unipt")
 
@@ -44,14 +44,6 @@ class TextToImageData(TaskData):
     identities_per_batch: int = 16
     images_per_identity: int = 2
     transform: str = "clip"
-
-
-@dataclass
-class TextToImageOptim(OptimConfig):
-    name: str = "adam"
-    lr: float = 1e-5
-    weight_decay: float = 4e-5
-    warmup_steps: int = 5
 
 
 @dataclass
@@ -75,15 +67,11 @@ class TextToImageLosses:
 
 
 @dataclass
-class TextToImageConfig:
+class TextToImageConfig(TaskConfig):
     output_dir: str = "runs/t2i"
     data: TextToImageData = field(default_factory=TextToImageData)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    optim: TextToImageOptim = field(default_factory=TextToImageOptim)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", lr=1e-5, weight_decay=4e-5, warmup_steps=5))
     loss: TextToImageLosses = field(default_factory=TextToImageLosses)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
-    evaluation: EvaluationTarget = field(default_factory=EvaluationTarget)
 
 
 class TextToImageMethod(nn.Module):
@@ -207,10 +195,13 @@ def plot_rankings(texts, images, captions, caption_pids, image_pids, records, ou
 
 
 class TextToImageTask(Task):
+    """Captions query images: the dual encoder is fine-tuned on (image, caption) pairs and
+    scored caption by caption over every image of the split."""
+
     name = "t2i"
     config_type = TextToImageConfig
     metric = "R1"
-    reported = ("R1", "R5", "R10", "mAP", "mINP")
+    reported = RANKING_METRICS
     identities = True
 
     def stages(self, config: TextToImageConfig, encoder, train, echo) -> list[Stage]:
