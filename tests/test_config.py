@@ -114,3 +114,17 @@ def test_mapping_values_are_checked_against_their_declared_type():
         load_config(WithModel, None, ["model.options.width=wide"])
     with pytest.raises(UsageError, match=r"'model\.weights\.image': expected a string, got 3"):
         build_config(WithModel, {"model": {"weights": {"image": 3}}})
+
+
+@dataclass
+class WithTaskDefaults:
+    # A task's own defaults for a shared section type, given by a factory.
+    optim: Optim = field(default_factory=lambda: Optim(lr=3.5e-4, betas=(0.5, 0.9)))
+
+
+def test_a_section_given_in_part_keeps_its_fields_own_defaults():
+    config = load_config(WithTaskDefaults, None, ["optim.lr=0.001"])
+    assert (config.optim.lr, tuple(config.optim.betas)) == (0.001, (0.5, 0.9))   # not the type's betas
+    assert load_config(WithTaskDefaults).optim == Optim(lr=3.5e-4, betas=(0.5, 0.9))
+    with pytest.raises(UsageError, match="unknown config key 'optim.lrr'"):
+        load_config(WithTaskDefaults, None, ["optim.lrr=0.1"])

@@ -71,11 +71,27 @@ def build_config(cls: type[ConfigT], values: Mapping[str, Any] | None, *, path: 
     kwargs = {}
     for name, value in values.items():
         dotted = f"{path}.{name}" if path else name
+        factory = fields[name].default_factory
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping) and factory is not dataclasses.MISSING:
+            # A section given in part keeps the rest of its own default (a task's Adam, say),
+            # not the defaults of the section's type.
+            value = _merged(dataclasses.asdict(factory()), value)
         kwargs[name] = _coerce(value, hints[name], dotted)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"config {path or cls.__name__}: {exc}") from None
+
+
+def _merged(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s keys set, sections merged key by key."""
+    result = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = _merged(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 def load_config(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -421,12 +422,16 @@ def freeze_parameters_without_gradient(stage: Stage) -> list[str]:
     trainable = [(name, p) for name, p in method.named_parameters() if p.requires_grad]
     if not trainable:
         return []
-    first = next(iter(stage.batches(0, 1)))
-    batch = (stage.collate or collate_samples)([stage.dataset[int(i)] for i in first])
     buffers = {name: value.detach().clone() for name, value in method.named_buffers()}
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    # Augmentations and dropout draw from the global generators: the pass must not move them.
     with torch.random.fork_rng():
+        first = next(iter(stage.batches(0, 1)))
+        batch = (stage.collate or collate_samples)([stage.dataset[int(i)] for i in first])
         losses = method(batch, progress=0.0, step=0)
         losses["loss"].backward()
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
     unreached = [name for name, p in trainable if p.grad is None]
     for name, p in trainable:
         p.grad = None
