@@ -128,3 +128,13 @@ def test_a_section_given_in_part_keeps_its_fields_own_defaults():
     assert load_config(WithTaskDefaults).optim == Optim(lr=3.5e-4, betas=(0.5, 0.9))
     with pytest.raises(UsageError, match="unknown config key 'optim.lrr'"):
         load_config(WithTaskDefaults, None, ["optim.lrr=0.1"])
+
+
+def test_a_recipe_extends_another_section_by_section(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\noptim: {lr: 0.5, betas: [0.1, 0.2]}\nepochs: 3\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\noptim: {lr: 0.25}\n")
+    config = load_config(Recipe, tmp_path / "child.yaml", ["epochs=7"])
+    assert (config.name, config.optim.lr, tuple(config.optim.betas), config.epochs) == ("child", 0.25, (0.1, 0.2), 7)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(UsageError, match="leads back to itself"):
+        load_config(Recipe, tmp_path / "loop.yaml")

@@ -150,3 +150,24 @@ def test_parsing_starts_from_a_saved_model_folder(small_world, tmp_path):
     with pytest.raises(UsageError, match="its architecture is fixed"):
         finetune(CONFIG, [f"data.root={world / 'lip'}", f"output_dir={tmp_path / 'run2'}", f"model.name={folder}",
                           "model.options={image_width: 32}", *QUIET], echo=lambda *a: None)
+
+
+def test_lip_model_scored_on_pascal_person_part_through_a_class_merge(small_world, tmp_path):
+    """Domain generalisation across label sets: each LIP prediction counts as its PASCAL part."""
+    world, _ = small_world
+    root = pascal_person_part_from(world / "lip", tmp_path / "ppp")
+    out = tmp_path / "run"
+    finetune(CONFIG, [f"data.root={world / 'lip'}", f"output_dir={out}", "trainer.max_steps=30", "head.width=16",
+                      "evaluation.dataset=pascal-person-part", f"evaluation.root={root}",
+                      f"evaluation.class_merge={LIP_TO_PASCAL.tolist()}", "evaluation.plot_images=2", *QUIET],
+             echo=lambda *a: None)
+    report = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert report["setting"] == "domain generalisation: trained on lip, tested on pascal-person-part"
+    # The same figures by hand: the LIP model's maps of PASCAL's val frames, merged, against its masks.
+    model = ParsingModel.load(out / "model")
+    records = load_dataset("pascal-person-part", root, "val")
+    merged = [LIP_TO_PASCAL[p] for p in model.predict([r.image_path for r in records])]
+    truth = [np.asarray(Image.open(r.mask_path)) for r in records]
+    assert report["mIoU"] == pytest.approx(parsing_metrics(merged, truth, 7)["mIoU"], abs=1e-6)
+    with pytest.raises(UsageError, match="give evaluation.class_merge"):
+        evaluate(out / "model", "pascal-person-part", root)

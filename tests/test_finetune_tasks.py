@@ -277,3 +277,38 @@ def test_attributes_finetuned_from_scratch_beat_random_scores(large_world, tmp_p
     metrics, root = _finetune_from_scratch(large_world, tmp_path, "attributes", 300, "data.transform=plip")
     chance = _attribute_chance(root)
     assert metrics["mA"] > 60 and metrics["mA"] > chance + 8, (metrics["mA"], chance)
+
+
+def test_attributes_scored_on_another_set_through_an_attribute_map(small_world, tmp_path):
+    """Only the mapped attributes are scored, each from the head's attribute of the same meaning."""
+    from personvl.tasks.attributes import AttributeEvaluation
+    from personvl.tasks.runner import evaluate_saved
+
+    world, _ = small_world
+    root = world / "pa100k"
+    attributes.finetune(None, [f"output_dir={tmp_path / 'lp'}", "mode=linear_probe", f"data.root={root}",
+                               "probe.steps=30", *COMMON])
+    model = tmp_path / "lp" / "model"
+    full = evaluate_task("attributes", model, "pa100k", root)
+    names = full["attribute_names"]
+    # Three attributes of the "other" set, two mapped onto a differently placed head attribute.
+    chosen = {names[4]: names[4], names[0]: names[0], names[7]: names[7]}
+    mapped = evaluate_saved("attributes", model, "pa100k", root, settings=AttributeEvaluation(attribute_map=chosen))
+    assert mapped["attribute_names"] == [names[0], names[4], names[7]]     # in the data's order
+    assert mapped["per_attribute_mA"] == pytest.approx([full["per_attribute_mA"][i] for i in (0, 4, 7)])
+    # Mapping an attribute onto another one's logit scores that logit against the data's column.
+    from PIL import Image
+
+    from personvl.tasks.attributes import load_attribute_predictor
+
+    swapped = evaluate_saved("attributes", model, "pa100k", root,
+                             settings=AttributeEvaluation(attribute_map={names[2]: names[5]}))
+    predictor = load_attribute_predictor(model)
+    test = load_dataset("pa100k", root, "test")
+    pictures = torch.stack([predictor.encoder.image_transform(Image.open(r.image_path).convert("RGB")) for r in test])
+    probabilities = np.array([[row[names[5]]] for row in predictor(pictures)])
+    labels = np.array([[r.attributes[2]] for r in test])
+    expected = attribute_metrics(probabilities, labels)["per_attribute_mA"]
+    assert swapped["per_attribute_mA"] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(UsageError, match="attribute_map names attributes"):
+        evaluate_saved("attributes", model, "pa100k", root, settings=AttributeEvaluation(attribute_map={"x": "y"}))

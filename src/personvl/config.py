@@ -100,8 +100,24 @@ def load_config(
     """Read a YAML recipe (or start from defaults when ``path`` is None) and apply overrides."""
     values: dict[str, Any] = {}
     if path is not None:
-        values = read_yaml_mapping(path)
+        values = read_recipe(path)
     return build_config(cls, apply_overrides(values, overrides))
+
+
+def read_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML recipe's values; ``extends: other.yaml`` (beside it) starts from that recipe, with
+    this one's keys set over it section by section."""
+    path = Path(path)
+    values = read_yaml_mapping(path)
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str):
+        raise UsageError(f"{path}: extends must name a recipe file, got {parent!r}")
+    base = (path.parent / parent).resolve()
+    if base in _seen or base == path.resolve():
+        raise UsageError(f"{path}: extends {parent} leads back to itself")
+    return _merged(read_recipe(base, (*_seen, path.resolve())), values)
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:

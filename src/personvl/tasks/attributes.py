@@ -48,11 +48,19 @@ class AttributeLoss:
 
 
 @dataclass
+class AttributeEvaluation(EvaluationTarget):
+    # Domain generalisation across attribute sets: evaluation attribute -> the head's attribute
+    # of the same meaning (PETA's accessoryHat -> PA-100K's Hat). Only mapped attributes are scored.
+    attribute_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class AttributeConfig(ProbedTaskConfig):
     output_dir: str = "runs/attributes"
     data: AttributeData = field(default_factory=AttributeData)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", lr=1e-4, weight_decay=5e-4, warmup_steps=5))
     loss: AttributeLoss = field(default_factory=AttributeLoss)
+    evaluation: AttributeEvaluation = field(default_factory=AttributeEvaluation)
 
 
 class AttributeHead(nn.Module):
@@ -107,14 +115,37 @@ def _probabilities(head: nn.Module, features: torch.Tensor) -> np.ndarray:
 
 
 def attribute_scores(head: nn.Module, features: torch.Tensor, records, names=None) -> dict[str, Any]:
+    """Validation scores (warnings about attributes a small split lacks are silenced)."""
     import warnings
 
-    from personvl.evaluation import AttributeWarning, attribute_metrics
+    from personvl.evaluation import AttributeWarning
 
     with warnings.catch_warnings():
-        # Small validation splits lack some attributes; the test report keeps the warning.
         warnings.simplefilter("ignore", AttributeWarning)
-        return attribute_metrics(_probabilities(head.eval(), features), _labels(records), attribute_names=names)
+        return _scores(head, features, _labels(records), names)
+
+
+def _scores(head: nn.Module, features: torch.Tensor, labels: np.ndarray, names) -> dict[str, Any]:
+    from personvl.evaluation import attribute_metrics
+
+    return attribute_metrics(_probabilities(head.eval(), features), labels, attribute_names=names)
+
+
+def _mapped_head(head: "AttributeHead", names: Sequence[str], mapping: dict[str, str]):
+    """(a head predicting the mapped evaluation attributes in order, their columns in the data)."""
+    unknown = sorted(set(mapping) - set(names))
+    missing = sorted(set(mapping.values()) - set(head.names))
+    if unknown or missing:
+        raise UsageError(f"evaluation.attribute_map names attributes the data lacks {unknown[:3]} or the head lacks "
+                         f"{missing[:3]}")
+    columns = [i for i, name in enumerate(names) if name in mapping]
+    rows = [head.names.index(mapping[names[c]]) for c in columns]
+    mapped = AttributeHead(head.norm.num_features, len(rows), [names[c] for c in columns])
+    mapped.norm.load_state_dict(head.norm.state_dict())
+    with torch.no_grad():
+        mapped.logits.weight.copy_(head.logits.weight[rows])
+        mapped.logits.bias.copy_(head.logits.bias[rows])
+    return mapped.eval(), columns
 
 
 class AttributePredictor:
@@ -198,15 +229,21 @@ class AttributeTask(Task):
                                        config.evaluation.batch_size, config.trainer.seed, config.loss.weighted)
         return Trained(encoder, head), selection, config.probe.steps
 
-    def score(self, model: Trained, records, settings: EvaluationTarget, plots_dir: Path | None = None) -> dict[str, Any]:
+    def score(self, model: Trained, records, settings: AttributeEvaluation, plots_dir: Path | None = None) -> dict[str, Any]:
         if model.head is None:
             raise UsageError("attribute scores need an attribute head (a fine-tuned folder, or evaluate() fits a probe)")
         labels = _labels(records)
-        if model.head.logits.out_features != labels.shape[1]:
-            raise UsageError(f"the attribute head predicts {model.head.logits.out_features} attributes, "
-                             f"the data has {labels.shape[1]}")
+        names = getattr(records, "attribute_names", None) or [f"attribute_{i}" for i in range(labels.shape[1])]
+        head = model.head
+        mapping = getattr(settings, "attribute_map", None)
+        if mapping:
+            head, columns = _mapped_head(head, names, mapping)
+            labels, names = labels[:, columns], [names[c] for c in columns]
+        elif head.logits.out_features != labels.shape[1]:
+            raise UsageError(f"the attribute head predicts {head.logits.out_features} attributes, the data has "
+                             f"{labels.shape[1]} (another attribute set: give evaluation.attribute_map)")
         features = embed_records(model.encoder, records, settings.batch_size)
-        metrics = attribute_scores(model.head, features, records, getattr(records, "attribute_names", None))
+        metrics = _scores(head, features, labels, names)
         if plots_dir is not None:
             from personvl.evaluation import plot_attribute_accuracy
 
@@ -249,7 +286,7 @@ def evaluate(model, dataset: str, root: str | os.PathLike, *, split: str = "test
         val = data_module.load_dataset(dataset, root, val_split, **options) if val_split else None
         head, _ = _train_probe(model.encoder, train, val, val_split, probe or ProbeConfig(), "mA", 0, batch_size, seed=0)
         model = Trained(model.encoder, head)
-    metrics = evaluate_saved(TASK, model, dataset, root, split=split, settings=EvaluationTarget(batch_size=batch_size),
+    metrics = evaluate_saved(TASK, model, dataset, root, split=split, settings=AttributeEvaluation(batch_size=batch_size),
                              plots_dir=plots_dir, dataset_options=options)
     metrics["head"] = "linear probe" if probed else "trained head"
     return metrics

@@ -72,6 +72,9 @@ class ParsingHeadConfig:
 class ParsingEvaluation(EvaluationTarget):
     batch_size: int = 32
     flip_test: bool = True             # average the scores of each frame and of its mirror image (SCHP)
+    # Domain generalisation across label sets: the evaluation set's class of each predicted
+    # class (LIP's 20 onto PASCAL-Person-Part's 7, say); empty: the same classes.
+    class_merge: list[int] = field(default_factory=list)
     plot_images: int = 4               # images in the overlay plot (0: none)
 
 
@@ -306,7 +309,8 @@ class ParsingMethod(nn.Module):
 
 
 def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers: int = 0, keep: int = 0,
-                  flip_test: bool = True) -> tuple[dict[str, Any], list[np.ndarray]]:
+                  flip_test: bool = True, class_merge: Sequence[int] = (),
+                  classes: int | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Parsing metrics of ``model`` on records with masks, computed at each mask's own
     resolution from one confusion matrix, and the class maps of the first ``keep`` images."""
     from personvl.evaluation import ConfusionMatrix
@@ -316,7 +320,8 @@ def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers
     unmasked = next((r for r in records if r.mask_path is None), None)
     if unmasked is not None:
         raise UsageError(f"{unmasked.image_path} has no part mask: this split cannot be scored")
-    matrix = ConfusionMatrix(len(model.part_names), IGNORE_INDEX)
+    matrix = ConfusionMatrix(classes or len(model.part_names), IGNORE_INDEX)
+    merge = np.asarray(class_merge, dtype=np.uint8) if len(class_merge) else None
     loader = DataLoader(_EvaluationSet(records, model), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate_evaluation)
     kept: list[np.ndarray] = []
@@ -328,6 +333,8 @@ def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers
                 logits = model.scores(images.to(model.encoder.device), flip_test)
                 for i, mask in enumerate(masks):
                     prediction = _class_map(logits[i], affines[i], mask.shape)
+                    if merge is not None:
+                        prediction = merge[prediction]
                     matrix.add(prediction, mask)
                     if len(kept) < keep:
                         kept.append(prediction)
@@ -337,7 +344,7 @@ def score_records(model: ParsingModel, records, *, batch_size: int = 32, workers
 
 
 def write_plots(model: ParsingModel, records, predictions: Sequence[np.ndarray], metrics: dict[str, Any],
-                out_dir: str | os.PathLike) -> list[Path]:
+                out_dir: str | os.PathLike, part_names: Sequence[str] | None = None) -> list[Path]:
     """Overlays of the first predictions and a bar chart of the per-class IoU."""
     from personvl.evaluation import plot_attribute_accuracy, plot_parsing_overlays
 
@@ -346,9 +353,11 @@ def write_plots(model: ParsingModel, records, predictions: Sequence[np.ndarray],
     if predictions:
         shown = records[:len(predictions)]
         paths.append(plot_parsing_overlays([r.image_path for r in shown], list(predictions), out_dir / "parsing_overlays.png",
-                                           targets=[read_mask(r.mask_path) for r in shown], part_names=model.part_names))
+                                           targets=[read_mask(r.mask_path) for r in shown],
+                                           part_names=list(part_names or model.part_names)))
     iou = [0.0 if v != v else v for v in metrics["per_class_iou"]]   # NaN (absent class) drawn as 0
-    paths.append(plot_attribute_accuracy(iou, model.part_names, out_dir / "per_class_iou.png", title="Per-class IoU (%)"))
+    paths.append(plot_attribute_accuracy(iou, list(part_names or model.part_names), out_dir / "per_class_iou.png",
+                                         title="Per-class IoU (%)"))
     return paths
 
 
@@ -390,16 +399,21 @@ class ParsingTask(Task):
 
     def score(self, model: Trained, records, settings: ParsingEvaluation, plots_dir: Path | None = None) -> dict[str, Any]:
         parser = open_parsing_model(model)
-        part_names = getattr(records, "part_names", None)
-        if part_names is not None and len(part_names) != len(parser.part_names):
+        part_names = getattr(records, "part_names", None) or parser.part_names
+        merge = list(getattr(settings, "class_merge", None) or [])
+        if merge and (len(merge) != len(parser.part_names) or not all(0 <= c < len(part_names) for c in merge)):
+            raise UsageError(f"evaluation.class_merge must give one of the data's {len(part_names)} classes for each "
+                             f"of the model's {len(parser.part_names)}, got {merge}")
+        if not merge and len(part_names) != len(parser.part_names):
             raise UsageError(f"the model predicts {len(parser.part_names)} part classes but the data has "
-                             f"{len(part_names)} ({', '.join(part_names)})")
+                             f"{len(part_names)} ({', '.join(part_names)}); give evaluation.class_merge")
         keep = getattr(settings, "plot_images", 0) if plots_dir is not None else 0
         metrics, predictions = score_records(parser, list(records), batch_size=settings.batch_size, keep=keep,
-                                             flip_test=getattr(settings, "flip_test", True))
+                                             flip_test=getattr(settings, "flip_test", True), class_merge=merge,
+                                             classes=len(part_names))
         metrics["images"] = len(records)
         if keep:
-            write_plots(parser, list(records), predictions, metrics, Path(plots_dir) / PLOTS_DIR)
+            write_plots(parser, list(records), predictions, metrics, Path(plots_dir) / PLOTS_DIR, part_names)
         return metrics
 
     def head_settings(self, head: ParsingHead) -> dict[str, Any]:
