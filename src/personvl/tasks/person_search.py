@@ -1,22 +1,25 @@
 """Person search (PRW, CUHK-SYSU), two-stage: a person detector on whole scene frames, then the
 re-ID encoder on the detected crops, scored with the CUHK-SYSU / PRW protocol.
 
+The re-ID encoder is any model folder or registered name (``model``); the run's own training
+(``optim``, ``trainer.max_steps`` > 0, ``loss``) fine-tunes it first on the labelled training
+crops (identity loss + batch-hard triplet, P x K batches), as the re-ID task does.
+
 The detector is torchvision's Faster R-CNN (``fasterrcnn_mobilenet_v3_large_fpn`` or
 ``fasterrcnn_resnet50_fpn``) with one person class. It is built without downloading anything:
 ``detector.weights`` loads a whole detector (torchvision's COCO file, or a previous run's
-``model/detector.safetensors``; parts whose shapes differ, such as COCO's 91-class predictor,
-are left new and reported), ``detector.weights_backbone`` an ImageNet backbone. With
-``detector.train`` it is fine-tuned on the person boxes of the training frames. ``detector.name:
-gt`` uses the ground-truth boxes instead, which measures the re-ID part alone.
-
-The re-ID encoder is any model folder or registered name (``model``); ``reid.max_steps > 0``
-fine-tunes it first on the labelled training crops (identity loss + batch-hard triplet, P x K
-batches). Queries are the protocol's query boxes cropped from their frames.
+``model/heads/search.safetensors``; parts whose shapes differ, such as COCO's 91-class
+predictor, are left new and reported), ``detector.weights_backbone`` an ImageNet backbone.
+``detector.max_steps`` fine-tunes it on the person boxes of the training frames with its own
+optimiser (``detector.optim``). ``detector.name: gt`` uses the ground-truth boxes instead,
+which measures the re-ID part alone. Queries are the protocol's query boxes cropped from their
+frames.
 
 Neither set has a validation split, so the weights of the last step are kept: the test frames
 and queries are read only for the final evaluation. Outputs under ``output_dir``: the resolved
-``config.yaml``, ``detector/`` and ``reid/`` runs (checkpoints and logs), ``model/`` (the
-encoder's folder plus ``detector.safetensors`` and ``detector.json``), ``metrics.json``,
+``config.yaml``, checkpoints and logs (the re-ID stage's in the run folder, the detector's in
+``detector/``), ``model/`` (the encoder's folder, with the detector as
+``heads/search.safetensors`` and ``heads/search.json``), ``metrics.json``,
 ``plots/search_results.png`` and ``summary.json``.
 """
 

@@ -360,7 +360,8 @@ class SelectOnValidation(Callback):
 
     def _score(self, trainer: pl.Trainer) -> None:
         step = trainer.global_step
-        if step == self.last_step or step == 0:
+        # A resumed run that had already scored this step (it ends at once) does not score it twice.
+        if step == self.last_step or step == 0 or any(entry["step"] == step for entry in self.history.history):
             return
         self.last_step = step
         was_training = self.module.training
@@ -601,10 +602,10 @@ def run(task: str | Task, config: Any, overrides: Sequence[str] = (), *, resume:
     target = config.evaluation
     inputs = task.read_inputs(dataset, root, target.split, target.options, config.data.skip_missing)
     metrics = task.score(trained, inputs, target, out if target.plots else None)
-    metrics.update({"dataset": dataset, "split": task.protocol_split(dataset, target.split), "train_dataset": config.data.dataset,
-                    "eval_dataset": dataset, "setting": (f"domain generalisation: trained on {config.data.dataset}, "
-                                                         f"tested on {dataset}" if cross
-                                                         else f"trained and tested on {dataset}")})
+    setting = (f"domain generalisation: trained on {config.data.dataset}, tested on {dataset}" if cross
+               else f"trained and tested on {dataset}")
+    metrics.update({"dataset": dataset, "split": task.protocol_split(dataset, target.split),
+                    "train_dataset": config.data.dataset, "eval_dataset": dataset, "setting": setting})
     write_report(metrics, out, task=task.name)
     summary = {"task": task.name, "mode": mode, "model": config.model.name, "steps": steps, "selection": selection,
                "metrics": {k: metrics[k] for k in task.reported if k in metrics},
