@@ -16,3 +16,20 @@ def cell(strings, shape=None):
     for i, s in enumerate(strings):
         values.flat[i] = s
     return values
+
+
+def randomise_batch_norms(module, generator) -> None:
+    """Random statistics and affine terms in every BatchNorm2d of ``module``: CLIP initialises each
+    residual block's last BN weight to zero, which would hide the block's main path from a
+    comparison of two implementations."""
+    import torch
+    from torch import nn
+
+    for bn in module.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            n = bn.num_features
+            bn.weight.data = torch.rand(n, generator=generator) + 0.5
+            bn.bias.data = torch.randn(n, generator=generator) * 0.1
+            bn.running_mean = torch.randn(n, generator=generator) * 0.1
+            bn.running_var = torch.rand(n, generator=generator) + 0.5
+            bn.num_batches_tracked.fill_(1000)

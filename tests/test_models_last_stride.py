@@ -18,6 +18,8 @@ from personvl.models import create_model, load_model, open_model, save_model
 from personvl.models.encoder import PersonEncoder
 from personvl.models.registry import model_config, model_entry
 
+from fixture_files import randomise_batch_norms
+
 RESNETS = ["tiny-plip-rn50", "tiny-clip-rn50", "tiny-valpat-rn50"]
 
 
@@ -26,23 +28,10 @@ def _images(model, batch=2, seed=0):
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-def _randomise_batch_norms(model: nn.Module, seed: int = 1) -> None:
-    # Random statistics and affine terms: CLIP zeroes each block's last BN weight, which would
-    # hide the main path of the block whose stride changes.
-    generator = torch.Generator().manual_seed(seed)
-    for bn in model.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            n = bn.num_features
-            bn.weight.data = torch.rand(n, generator=generator) + 0.5
-            bn.bias.data = torch.randn(n, generator=generator) * 0.1
-            bn.running_mean = torch.randn(n, generator=generator) * 0.1
-            bn.running_var = torch.rand(n, generator=generator) + 0.5
-
-
 def _trained(name: str, **options) -> PersonEncoder:
     torch.manual_seed(0)
     model = create_model(name, **options)
-    _randomise_batch_norms(model)
+    randomise_batch_norms(model, torch.Generator().manual_seed(1))
     return model.eval()
 
 

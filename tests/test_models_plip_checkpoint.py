@@ -11,24 +11,13 @@ from transformers import BertConfig, BertModel
 
 from personvl.models import create_model
 
+from fixture_files import randomise_batch_norms
+
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "woman", "in", "red", "coat", "with", "black",
          "backpack", "man", "blue", "jeans"]
 TEXTS = ["A woman in a red coat with a black backpack", "a man in blue jeans"]
 IDS = [[2, 5, 6, 7, 5, 8, 9, 10, 5, 11, 12, 3], [2, 5, 13, 7, 14, 15, 3]]
 MEAN, STD = np.array([0.357, 0.323, 0.328]), np.array([0.252, 0.242, 0.239])
-
-
-def _randomise_batch_norms(module: nn.Module, generator: torch.Generator) -> None:
-    # CLIP initialises each block's last BN weight to zero; random statistics and affine terms
-    # make every residual branch count in the comparison.
-    for bn in module.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            n = bn.num_features
-            bn.weight.data = torch.rand(n, generator=generator) + 0.5
-            bn.bias.data = torch.randn(n, generator=generator) * 0.1
-            bn.running_mean = torch.randn(n, generator=generator) * 0.1
-            bn.running_var = torch.rand(n, generator=generator) + 0.5
-            bn.num_batches_tracked.fill_(1000)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +26,7 @@ def official_checkpoint(tmp_path_factory):
     torch.manual_seed(7)
     image_encoder = ModifiedResNet(layers=[3, 4, 6, 3], output_dim=768, heads=8, image_size=256, width=64)
     image_encoder.attnpool.positional_embedding = nn.Parameter(torch.randn(33, 2048, generator=generator) / 2048 ** 0.5)
-    _randomise_batch_norms(image_encoder, generator)
+    randomise_batch_norms(image_encoder, generator)
     text_encoder = BertModel(BertConfig())   # bert-base-uncased geometry, random weights
     image_state = image_encoder.state_dict()
     text_state = {f"encoder.{k}": v for k, v in text_encoder.state_dict().items()}
