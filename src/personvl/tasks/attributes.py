@@ -28,7 +28,7 @@ from personvl.tasks.finetuning import (
     embed_records, fit_probe, model_transform, probe_selection, random_batches,
 )
 from personvl.tasks.runner import (
-    EvaluationTarget, ProbeConfig, ProbedTaskConfig, Stage, Task, TaskData, Trained,
+    EvaluationTarget, ProbeConfig, Stage, Task, TaskData, Trained, task_config,
 )
 from personvl.training.optim import OptimConfig
 
@@ -54,13 +54,10 @@ class AttributeEvaluation(EvaluationTarget):
     attribute_map: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class AttributeConfig(ProbedTaskConfig):
-    output_dir: str = "runs/attributes"
-    data: AttributeData = field(default_factory=AttributeData)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", lr=1e-4, weight_decay=5e-4, warmup_steps=5))
-    loss: AttributeLoss = field(default_factory=AttributeLoss)
-    evaluation: AttributeEvaluation = field(default_factory=AttributeEvaluation)
+AttributeConfig = task_config(
+    "AttributeConfig", __name__, probed=True, output_dir="runs/attributes", data=AttributeData,
+    evaluation=AttributeEvaluation, loss=AttributeLoss,
+    optim=lambda: OptimConfig("adam", lr=1e-4, weight_decay=5e-4, warmup_steps=5))
 
 
 class AttributeHead(nn.Module):

@@ -36,8 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from personvl.data.parsing_transforms import IGNORE_INDEX, flip_permutation
 from personvl.errors import PersonvlError, UsageError
-from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskConfig, TaskData, Trained
-from personvl.training.optim import OptimConfig
+from personvl.tasks.runner import EvaluationTarget, SelectionConfig, Stage, Task, TaskData, Trained, task_config
 
 PLOTS_DIR = "plots"
 
@@ -78,14 +77,9 @@ class ParsingEvaluation(EvaluationTarget):
     plot_images: int = 4               # images in the overlay plot (0: none)
 
 
-@dataclass
-class ParsingConfig(TaskConfig):
-    output_dir: str = "runs/parsing"
-    data: ParsingData = field(default_factory=ParsingData)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(every_n_steps=100))
-    head: ParsingHeadConfig = field(default_factory=ParsingHeadConfig)
-    evaluation: ParsingEvaluation = field(default_factory=ParsingEvaluation)
+ParsingConfig = task_config("ParsingConfig", __name__, output_dir="runs/parsing", data=ParsingData,
+                            selection=lambda: SelectionConfig(every_n_steps=100), evaluation=ParsingEvaluation,
+                            head=ParsingHeadConfig)
 
 
 def load_parsing_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ParsingConfig:

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from personvl.errors import PersonvlError, UsageError
 from personvl.tasks.reid import ReidLosses, strong_baseline_optim
-from personvl.tasks.runner import EvaluationTarget, Stage, Task, TaskConfig, TaskData, Trained
+from personvl.tasks.runner import EvaluationTarget, Stage, Task, TaskData, Trained, task_config
 from personvl.training.optim import OptimConfig
 from personvl.training.pretrain import ModelSpec
 from personvl.training.trainer import TrainerConfig
@@ -113,18 +113,11 @@ class SearchEvaluation(EvaluationTarget):
             self.options = {**self.options, "protocol": f"TestG{self.gallery_size}"}
 
 
-@dataclass
-class SearchConfig(TaskConfig):
-    """The re-ID stage is the encoder's fine-tuning (``optim``, ``trainer``, ``loss``;
-    ``trainer.max_steps: 0`` uses the encoder as given); the detector has its own section."""
-
-    output_dir: str = "runs/search"
-    data: SearchData = field(default_factory=SearchData)
-    optim: OptimConfig = field(default_factory=strong_baseline_optim)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=0))
-    loss: ReidLosses = field(default_factory=ReidLosses)
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
-    evaluation: SearchEvaluation = field(default_factory=SearchEvaluation)
+# The re-ID stage is the encoder's fine-tuning (optim, trainer, loss; trainer.max_steps 0 uses
+# the encoder as given); the detector has its own section.
+SearchConfig = task_config("SearchConfig", __name__, output_dir="runs/search", data=SearchData,
+                           optim=strong_baseline_optim, trainer=lambda: TrainerConfig(max_steps=0),
+                           evaluation=SearchEvaluation, loss=ReidLosses, detector=DetectorConfig)
 
 
 def load_search_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> SearchConfig:

@@ -19,7 +19,7 @@ naming another dataset under ``evaluation`` measures domain generalisation.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +32,7 @@ from personvl.tasks.finetuning import (
     embed_records, fit_probe, identity_batches, model_transform, probe_selection,
 )
 from personvl.tasks.runner import (
-    RANKING_METRICS, EvaluationTarget, ProbedTaskConfig, Stage, Task, TaskData, Trained,
+    RANKING_METRICS, EvaluationTarget, Stage, Task, TaskData, Trained, task_config,
 )
 from personvl.training.optim import OptimConfig
 
@@ -73,13 +73,8 @@ class ReidEvaluation(EvaluationTarget):
             raise UsageError(f"evaluation.feature must be one of {', '.join(FEATURES)}, got {self.feature!r}")
 
 
-@dataclass
-class ReidConfig(ProbedTaskConfig):
-    output_dir: str = "runs/reid"
-    data: ReidData = field(default_factory=ReidData)
-    optim: OptimConfig = field(default_factory=strong_baseline_optim)
-    loss: ReidLosses = field(default_factory=ReidLosses)
-    evaluation: ReidEvaluation = field(default_factory=ReidEvaluation)
+ReidConfig = task_config("ReidConfig", __name__, probed=True, output_dir="runs/reid", data=ReidData,
+                         optim=strong_baseline_optim, evaluation=ReidEvaluation, loss=ReidLosses)
 
 
 class ReidMethod(nn.Module):

@@ -25,6 +25,7 @@ import json
 import os
 import random
 import time
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,12 +118,14 @@ def check_mode(mode: str) -> None:
 
 @dataclass
 class TaskConfig:
-    """The sections every task's config shares. A task's config derives from it and adds its
-    ``data``, ``optim`` and ``evaluation`` (of its own types, with its defaults) and its own
-    section (``loss``, ``head``, ``detector`` ...)."""
+    """The layout every task's config shares: ``output_dir``, ``data``, ``model``, ``optim``,
+    ``trainer``, ``selection``, ``evaluation``, then the task's own sections. A task's config
+    type is made by :func:`task_config`, which sets the sections' types and defaults."""
 
     output_dir: str = "runs/finetune"
+    data: TaskData = field(default_factory=TaskData)
     model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     evaluation: EvaluationTarget = field(default_factory=EvaluationTarget)
@@ -137,6 +140,31 @@ class ProbedTaskConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+
+
+def task_config(name: str, module: str, *, probed: bool = False, **sections: Any) -> type:
+    """A task's config type: the shared layout of :class:`TaskConfig` (or
+    :class:`ProbedTaskConfig`) with, for each keyword, a section's default. A shared section
+    takes a factory of its own type or of a subtype (``data=ReidData``,
+    ``optim=strong_baseline_optim``, ``output_dir="runs/reid"``); any other keyword adds the
+    task's own section (``loss=ReidLosses``), typed by its class."""
+    base = ProbedTaskConfig if probed else TaskConfig
+    shared = {f.name: f.type for f in dataclasses.fields(base)}
+    hints = typing.get_type_hints(base)
+    fields = []
+    for key, default in sections.items():
+        if key == "output_dir":
+            fields.append((key, str, field(default=default)))
+        elif key in shared:
+            kind = default if isinstance(default, type) and issubclass(default, hints[key]) else hints[key]
+            fields.append((key, kind, field(default_factory=default)))
+        elif isinstance(default, type):
+            fields.append((key, default, field(default_factory=default)))
+        else:
+            raise TypeError(f"task_config {name}: section {key!r} needs a class as its default")
+    config = dataclasses.make_dataclass(name, fields, bases=(base,))
+    config.__module__ = module
+    return config
 
 
 # The text-to-image and re-ID figures every ranking reports.

@@ -20,7 +20,7 @@ none, so its last step is kept.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +31,7 @@ from torch import nn
 from personvl.errors import UsageError
 from personvl.tasks.finetuning import identity_batches, model_transform
 from personvl.tasks.runner import (
-    RANKING_METRICS, EvaluationTarget, Stage, Task, TaskConfig, TaskData, Trained,
+    RANKING_METRICS, EvaluationTarget, Stage, Task, TaskData, Trained, task_config,
 )
 from personvl.training.optim import OptimConfig
 
@@ -66,12 +66,9 @@ class TextToImageLosses:
             raise UsageError(f"loss.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
 
-@dataclass
-class TextToImageConfig(TaskConfig):
-    output_dir: str = "runs/t2i"
-    data: TextToImageData = field(default_factory=TextToImageData)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", lr=1e-5, weight_decay=4e-5, warmup_steps=5))
-    loss: TextToImageLosses = field(default_factory=TextToImageLosses)
+TextToImageConfig = task_config(
+    "TextToImageConfig", __name__, output_dir="runs/t2i", data=TextToImageData, loss=TextToImageLosses,
+    optim=lambda: OptimConfig("adam", lr=1e-5, weight_decay=4e-5, warmup_steps=5))
 
 
 class TextToImageMethod(nn.Module):
